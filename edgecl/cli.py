@@ -1,0 +1,178 @@
+"""Command line: ``edgecl run | compare | report``. Thin: parsing and printing only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+app = typer.Typer(
+    help="Resource-efficient continual learning on edge devices: accuracy and cost, side by side.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def run(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML run config")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="override: key=value (dotted path, YAML value)"),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="output directory (default runs/<name>)")] = None,
+    data_root: Annotated[
+        Path | None, typer.Option("--data-root", help="dataset/weights root (or $EDGECL_DATA)")
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="continue the run in this directory")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+) -> None:
+    """Train the configured methods through the stream and print the comparison table.
+
+    With no arguments: the embedded quick comparison on Split CIFAR-100 with ViT-Ti.
+    """
+    from edgecl.config import ConfigError, load_config
+    from edgecl.data.base import DataError
+    from edgecl.methods.base import NonFiniteLossError
+    from edgecl.report import compare_markdown, write_compare, write_report
+    from edgecl.runner import run as run_all
+
+    overrides = list(set_ or [])
+    if data_root is not None:
+        overrides.append(f"data.root={data_root}")
+    if resume is not None:
+        saved = resume / "config.yaml"
+        if not saved.exists():
+            _fail(f"{resume} has no config.yaml: not an edgecl run directory")
+        config = saved
+    try:
+        cfg = load_config(config, overrides)
+    except (ConfigError, OSError) as exc:
+        _fail(str(exc))
+    out_dir = resume or out or Path("runs") / cfg.name
+    try:
+        with _progress(quiet) as factory:
+            results = run_all(cfg, out_dir, resume=resume is not None, progress_factory=factory)
+    except (DataError, NonFiniteLossError, RuntimeError) as exc:
+        _fail(str(exc))
+    for res in results:
+        write_report(out_dir / res["run_name"])
+    if len(results) > 1:
+        write_compare([out_dir / r["run_name"] for r in results], out_dir)
+    print(compare_markdown(results))
+    console.print(f"results in {out_dir}/ (results.json and report.html per method)")
+
+
+class _progress:
+    """Rich progress bars with ETA, one per method; disabled by --quiet."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar = Progress(
+            TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+        )
+
+    def __enter__(self):
+        if self.quiet:
+            return None
+        self.bar.start()
+
+        def factory(name: str, total: int):
+            task = self.bar.add_task(name, total=total)
+            return lambda desc, advance: self.bar.update(task, description=desc, advance=advance)
+
+        return factory
+
+    def __exit__(self, *exc) -> None:
+        if not self.quiet:
+            self.bar.stop()
+
+
+@app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="run directories (results.json)")],
+    out: Annotated[Path | None, typer.Option(help="write compare.md/.html here")] = None,
+) -> None:
+    """One table over runs: accuracy, forgetting, FLOPs, memory, time, energy, ratios."""
+    from edgecl.report import compare_markdown, load_results, write_compare
+
+    try:
+        results = [load_results(d) for d in run_dirs]
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+    print(compare_markdown(results))
+    if out is not None:
+        write_compare(run_dirs, out)
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) -> None:
+    """Write report.md and a self-contained report.html (plots embedded) for one run."""
+    from edgecl.report import write_report
+
+    try:
+        md, html = write_report(run_dir)
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+    print(f"{md}\n{html}")
+
+
+@app.command("analyze-layers")
+def analyze_layers(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML run config")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="override: key=value (dotted path, YAML value)"),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="where analysis.json/.png go")] = Path(
+        "runs/analyze-layers"),
+    data_root: Annotated[
+        Path | None, typer.Option("--data-root", help="dataset/weights root (or $EDGECL_DATA)")
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="training steps per task (default: the config's epochs)")
+    ] = None,
+    samples: Annotated[int, typer.Option(help="held-out images per task for CKA")] = 64,
+    threshold: Annotated[float, typer.Option(help="MS and LP threshold for freezing")] = 0.9,
+) -> None:
+    """Per-layer memory stability and learning plasticity (linear CKA) on the config's first
+    two tasks; prints and plots them and proposes LightCL's freeze point."""
+    from edgecl.analysis import analyze_layers as run_analysis
+    from edgecl.analysis import write_analysis
+    from edgecl.config import ConfigError, load_config
+    from edgecl.data.base import DataError
+
+    overrides = list(set_ or [])
+    if data_root is not None:
+        overrides.append(f"data.root={data_root}")
+    try:
+        cfg = load_config(config, overrides)
+        result = run_analysis(cfg, steps=steps, samples=samples, threshold=threshold)
+    except (ConfigError, DataError, OSError, ValueError) as exc:
+        _fail(str(exc))
+    json_path, png_path = write_analysis(result, out)
+    print(result.table())
+    console.print(f"wrote {json_path} and {png_path}")
+
+
+if __name__ == "__main__":
+    app()

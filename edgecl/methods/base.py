@@ -1,0 +1,307 @@
+"""The method contract every continual-learning method implements.
+
+Lifecycle (driven by :mod:`edgecl.runner`)::
+
+    setup(backbone, info)                    # heads, prompts, buffers; what is frozen
+    for task in stream:
+        begin_task(task)                     # new classes arrive
+        for batch in task: observe(batch)    # one optimisation step
+        end_task(task)                       # consolidation
+        predict(x)                           # logits over all classes (class-IL)
+
+``state_dict``/``load_state_dict`` hold everything needed to resume bit for bit (model,
+optimizer, buffers, the method's random generator).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+from edgecl.data.transforms import BatchTransform
+from edgecl.metrics.cost import CostMeter, optimizer_state_bytes, tensor_bytes
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a loss is NaN or infinite; the run stops at the last good checkpoint."""
+
+
+class MethodParams(BaseModel):
+    """Hyper-parameters of a method; subclasses add fields. Unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class OptimConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = "sgd"  # sgd | adam | adamw
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float | None = None
+    reset_each_task: bool = True
+    lr_schedule: str = "constant"  # constant | cosine (per task)
+
+
+@dataclass
+class BenchmarkInfo:
+    num_classes: int
+    n_tasks: int
+    task_classes: list[Tensor]
+    train_transform: BatchTransform
+    device: torch.device
+    meter: CostMeter
+    seed: int
+    steps_per_task: list[int]
+    input_size: int
+
+
+@dataclass
+class TaskInfo:
+    index: int
+    classes: Tensor
+    n_train: int
+    n_steps: int
+
+
+@dataclass
+class Batch:
+    x: Tensor  # augmented, normalized float (B, C, S, S)
+    y: Tensor  # remapped class ids
+    raw: Tensor  # un-augmented uint8 images (B, H, W, C), for buffers
+    index: Tensor  # dataset indices
+    task_id: int
+    epoch: int = 0
+
+
+@dataclass
+class StepStats:
+    loss: float
+    n_samples: int
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def make_optimizer(params: list[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+    if cfg.name == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    raise ValueError(f"optim.name must be one of sgd, adam, adamw; got {cfg.name!r}")
+
+
+def optimizer_kind(cfg: OptimConfig) -> str:
+    if cfg.name == "sgd":
+        return "sgd_momentum" if cfg.momentum else "sgd"
+    return cfg.name
+
+
+class Method:
+    """Base class: owns the optimizer, the random generator and the optimisation step."""
+
+    name: ClassVar[str] = "base"
+    Params: ClassVar[type[MethodParams]] = MethodParams
+    # The runner feeds the union of all tasks seen so far (joint training) when True.
+    trains_on_all_seen_data: ClassVar[bool] = False
+
+    def __init__(self, params: MethodParams, optim: OptimConfig) -> None:
+        self.params = params
+        self.optim_cfg = optim
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.modules = nn.ModuleDict()
+        self.task_index = -1
+        self.seen_classes = 0
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    def setup(self, backbone: nn.Module, info: BenchmarkInfo) -> None:
+        self.info = info
+        self.meter = info.meter
+        self.device = info.device
+        self.rng = torch.Generator().manual_seed(info.seed)
+
+    def begin_task(self, task: TaskInfo) -> None:
+        self.task_index = task.index
+        self.current_classes = task.classes.to(self.device)
+        self.seen_classes = int(task.classes.max()) + 1
+        if self.optimizer is None or self.optim_cfg.reset_each_task:
+            self.optimizer = make_optimizer(self.trainable_parameters(), self.optim_cfg)
+            self.scheduler = None
+            if self.optim_cfg.lr_schedule == "cosine":
+                self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+                    self.optimizer, T_max=max(1, task.n_steps)
+                )
+
+    def begin_epoch(self, task: TaskInfo, epoch: int, indices: np.ndarray) -> np.ndarray:
+        """The dataset indices to train on in this epoch (default: all of the task's).
+
+        Called once at the start of every epoch; a method that removes data (SparCL's DDR)
+        returns fewer, so the removed examples show up as fewer steps.
+        """
+        return indices
+
+    def observe(self, batch: Batch) -> StepStats:
+        raise NotImplementedError
+
+    def end_task(self, task: TaskInfo) -> None:
+        pass
+
+    def predict(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    # ---- what the optimizer sees ---------------------------------------------------------
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.modules.parameters() if p.requires_grad]
+
+    def buffer_bytes(self) -> int:
+        """Bytes of replay/latent buffers, caches and other method state kept for training."""
+        return 0
+
+    def memory_breakdown(self) -> dict[str, int]:
+        trainable = self.trainable_parameters()
+        return {
+            "parameter_bytes": tensor_bytes(self.modules.parameters()),
+            "trainable_parameter_bytes": tensor_bytes(trainable),
+            "gradient_bytes": tensor_bytes(trainable),
+            "optimizer_state_bytes": optimizer_state_bytes(self.optimizer),
+            "buffer_bytes": self.buffer_bytes(),
+        }
+
+    # ---- the shared optimisation step ----------------------------------------------------
+    def check_finite(self, loss: Tensor) -> None:
+        if not torch.isfinite(loss.detach()):
+            raise NonFiniteLossError(
+                f"{self.name}: loss became {loss.item()} in task {self.task_index}. "
+                "Lower the learning rate or enable optim.grad_clip; the run stopped and the "
+                "last good checkpoint is kept."
+            )
+
+    def optimize(self, loss: Tensor) -> None:
+        """backward → clip → step, each timed as its own phase, with a finiteness check."""
+        self.check_finite(loss)
+        assert self.optimizer is not None, "begin_task must run before observe"
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.meter.phase("backward"):
+            loss.backward()
+        with self.meter.phase("step"):
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            if self.optim_cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, self.optim_cfg.grad_clip)
+            self.before_step()
+            self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
+            self.after_step()
+            updated = sum(p.numel() for p in params if p.grad is not None)
+            self.meter.add_optimizer_flops(optimizer_kind(self.optim_cfg), updated)
+
+    def before_step(self) -> None:
+        """Hook between backward and the optimizer step (gradient masks, projections)."""
+
+    def after_step(self) -> None:
+        """Hook after the optimizer step (weight masks, constraints)."""
+
+    # ---- resume --------------------------------------------------------------------------
+    def extra_state(self) -> dict[str, Any]:
+        """Subclasses add non-module state (buffers, statistics) here."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "modules": self.modules.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "rng": self.rng.get_state(),
+            "task_index": self.task_index,
+            "seen_classes": self.seen_classes,
+            "extra": self.extra_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.load_extra_state(state["extra"])  # first: may re-create modules
+        self.modules.load_state_dict(state["modules"])
+        if state["optimizer"] is not None:
+            self.optimizer = make_optimizer(self.trainable_parameters(), self.optim_cfg)
+            self.optimizer.load_state_dict(state["optimizer"])
+        if state["scheduler"] is not None and self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.rng.set_state(state["rng"])
+        self.task_index = state["task_index"]
+        self.seen_classes = state["seen_classes"]
+
+
+def mask_logits(logits: Tensor, allowed: Tensor | int) -> Tensor:
+    """Set logits outside ``allowed`` (class ids, or the first n classes) to -inf."""
+    masked = torch.full_like(logits, float("-inf"))
+    if isinstance(allowed, int):
+        masked[:, :allowed] = logits[:, :allowed]
+    else:
+        masked[:, allowed] = logits[:, allowed]
+    return masked
+
+
+class Classifier(nn.Module):
+    """A backbone producing (B, D) features + one linear head over all classes."""
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(feature_dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.backbone(x))
+
+
+def feature_dim_of(backbone: nn.Module) -> int:
+    for attr in ("feature_dim", "embed_dim"):
+        if hasattr(backbone, attr):
+            return int(getattr(backbone, attr))
+    raise ValueError(f"{type(backbone).__name__} exposes no feature_dim/embed_dim")
+
+
+class ClassifierMethod(Method):
+    """Shared base of methods that train a backbone + linear head end to end."""
+
+    def setup(self, backbone: nn.Module, info: BenchmarkInfo) -> None:
+        super().setup(backbone, info)
+        self.net = Classifier(backbone, feature_dim_of(backbone), info.num_classes).to(self.device)
+        self.modules["net"] = self.net
+
+    def classification_loss(self, logits: Tensor, y: Tensor) -> Tensor:
+        """Cross-entropy over the classes seen so far (future classes are masked out)."""
+        return F.cross_entropy(mask_logits(logits, self.seen_classes), y)
+
+    def forward_loss(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        logits = self.net(batch.x)
+        return self.classification_loss(logits, batch.y), logits
+
+    def observe(self, batch: Batch) -> StepStats:
+        self.net.train()
+        with self.meter.phase("forward"):
+            loss, _ = self.forward_loss(batch)
+        self.optimize(loss)
+        return StepStats(float(loss.detach()), len(batch.y))
+
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> Tensor:
+        self.net.eval()
+        return self.net(x)
+
+
+def iter_chunks(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))

@@ -1,0 +1,225 @@
+"""End-to-end: a real 2-task run, resume after a kill, NaN handling, config errors, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from edgecl.config import ConfigError, load_config
+from edgecl.methods.base import NonFiniteLossError
+from edgecl.runner import run
+
+TINY = {
+    "name": "tiny",
+    "seed": 7,
+    "data": {
+        "dataset": "cifar100", "n_tasks": 2, "class_order": [3, 1, 4, 5],
+        "train_per_class": 4, "test_per_class": 3,
+    },
+    "train": {"epochs": 1, "batch_size": 4, "eval_batch_size": 16},
+    "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
+    "methods": [{"name": "finetune"}, {"name": "er", "buffer_size": 6}],
+}
+
+
+def write_config(tmp_path: Path, tree: dict, data_root: Path) -> Path:
+    tree = json.loads(json.dumps(tree))
+    tree["data"]["root"] = str(data_root)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_results(cifar100_root, vit_tiny_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    cfg = load_config(write_config(out, TINY, cifar100_root))
+    return run(cfg, out / "run"), out / "run"
+
+
+def test_results_json_has_every_field(tiny_results):
+    results, out = tiny_results
+    assert [r["run_name"] for r in results] == ["finetune", "er"]
+    for res in results:
+        on_disk = json.loads((out / res["run_name"] / "results.json").read_text())
+        assert on_disk == json.loads(json.dumps(res))
+        assert res["schema_version"] == 1 and res["status"] == "completed"
+        assert res["scenario"] == {
+            "dataset": "cifar100", "n_tasks": 2, "class_order": [3, 1, 4, 5],
+            "classes_per_task": [2, 2], "train_samples_per_task": [8, 8],
+            "test_samples_per_task": [6, 6],
+        }
+        for kind in ("class_il", "task_il"):
+            acc = res["accuracy"][kind]
+            assert [len(r) for r in acc["matrix"]] == [1, 2]
+            assert all(0.0 <= a <= 100.0 for row in acc["matrix"] for a in row)
+            last = acc["matrix"][-1]
+            assert acc["final_average"] == pytest.approx(sum(last) / 2)
+            assert acc["forgetting"] == pytest.approx(acc["matrix"][0][0] - last[0])
+            assert acc["bwt"] == pytest.approx(last[0] - acc["matrix"][0][0])
+        # task-IL on 2-class tasks is at least as good as class-IL over 4 classes
+        assert res["accuracy"]["task_il"]["final_average"] >= (
+            res["accuracy"]["class_il"]["final_average"])
+        flops = res["cost"]["flops"]
+        train = flops["train"]
+        assert train["total"] == train["forward"] + train["backward"] + train["optimizer"]
+        assert train["forward"] > 0 and train["backward"] > train["forward"]
+        assert flops["eval"] > 0 and flops["selection"] == 0
+        assert flops["train_per_sample"] == pytest.approx(train["total"] / flops["train_samples"])
+        mem = res["cost"]["memory"]
+        assert mem["peak_saved_for_backward_bytes"] >= mem["mean_saved_for_backward_bytes"] > 0
+        assert mem["parameter_bytes"] == mem["trainable_parameter_bytes"] == mem["gradient_bytes"]
+        assert mem["training_footprint_bytes"] == (
+            mem["peak_saved_for_backward_bytes"] + mem["parameter_bytes"] + mem["gradient_bytes"]
+            + mem["optimizer_state_bytes"] + mem["buffer_bytes"])
+        assert mem["peak_rss_bytes"] > 0 and mem["cuda_max_allocated_bytes"] is None
+        times = res["cost"]["time_s"]
+        assert all(times[p] >= 0 for p in ("data", "selection", "forward", "backward", "step"))
+        assert times["forward"] > 0 and times["eval"] > 0
+        assert times["wall_total"] >= times["train_total"]
+        energy = res["cost"]["energy"]
+        assert set(energy["estimates"]) == {
+            "host", "jetson_nano", "jetson_xavier_nx", "raspberry_pi_4"}
+        assert "not measurements" in energy["note"] and energy["measured"] is None
+        assert all(e["train_joules"] > 0 for e in energy["estimates"].values())
+        assert [t["task"] for t in res["per_task"]] == [0, 1]
+        assert sum(t["train_flops"] for t in res["per_task"]) == train["total"]
+        assert res["environment"]["torch"] == torch.__version__
+    finetune, er = results
+    # momentum SGD keeps one buffer per parameter; ER stores 6 raw 32x32x3 images + labels
+    assert finetune["cost"]["memory"]["optimizer_state_bytes"] == (
+        finetune["cost"]["memory"]["parameter_bytes"])
+    assert er["cost"]["memory"]["buffer_bytes"] == 6 * 32 * 32 * 3 + 6 * 8 + 6 * 8
+    # ER trains on its replayed examples too: more samples and FLOPs than finetune
+    assert er["cost"]["flops"]["train_samples"] > finetune["cost"]["flops"]["train_samples"]
+    assert er["cost"]["flops"]["train"]["total"] > finetune["cost"]["flops"]["train"]["total"]
+
+
+def test_reports_are_written(tiny_results):
+    from edgecl.report import write_report
+
+    _, out = tiny_results
+    md, html = write_report(out / "er")
+    assert md.read_text().strip() and "data:image/png;base64," in html.read_text()
+
+
+def cli(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "edgecl.cli", *args], capture_output=True, text=True, **kw
+    )
+
+
+def test_killed_run_resumes_to_identical_metrics(cifar100_root, vit_tiny_path, tmp_path):
+    tree = json.loads(json.dumps(TINY))
+    tree["methods"] = [{"name": "er", "buffer_size": 6}]
+    tree["data"]["train_per_class"] = 8
+    tree["train"]["checkpoint_every_steps"] = 1
+    cfg_path = write_config(tmp_path, tree, cifar100_root)
+
+    reference = run(load_config(cfg_path), tmp_path / "reference")[0]
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgecl.cli", "run", "-q", "-c", str(cfg_path), "--out",
+         str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    ckpt = killed / "er" / "checkpoint.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if ckpt.exists():
+            position = torch.load(ckpt, weights_only=False)["position"]
+            if position["task"] == 0 and position["step"] >= 2:
+                break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    position = torch.load(ckpt, weights_only=False)["position"]
+    assert (position["task"], position["step"] > 0) == (0, True), position  # killed mid-task
+    assert not (killed / "er" / "results.json").exists()
+
+    done = cli("run", "-q", "--resume", str(killed))
+    assert done.returncode == 0, done.stderr
+    resumed = json.loads((killed / "er" / "results.json").read_text())
+    assert resumed["accuracy"] == reference["accuracy"]
+    assert resumed["cost"]["flops"] == reference["cost"]["flops"]
+    assert resumed["cost"]["memory"]["buffer_bytes"] == reference["cost"]["memory"]["buffer_bytes"]
+
+
+def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(
+    cifar100_root, vit_tiny_path, tmp_path, monkeypatch
+):
+    from edgecl.methods.finetune import Finetune
+
+    calls = {"n": 0}
+    original = Finetune.forward_loss
+
+    def poisoned(self, batch):
+        calls["n"] += 1
+        loss, logits = original(self, batch)
+        return (loss * float("nan") if calls["n"] == 3 else loss), logits
+
+    monkeypatch.setattr(Finetune, "forward_loss", poisoned)
+    tree = json.loads(json.dumps(TINY))
+    tree["methods"] = [{"name": "finetune"}]
+    cfg = load_config(write_config(tmp_path, tree, cifar100_root))
+    with pytest.raises(NonFiniteLossError, match="loss became nan in task 1"):
+        run(cfg, tmp_path / "out")
+    failure = json.loads((tmp_path / "out" / "finetune" / "failure.json").read_text())
+    assert failure["status"] == "failed" and "nan" in failure["error"]
+    ckpt = torch.load(tmp_path / "out" / "finetune" / "checkpoint.pt", weights_only=False)
+    # the last good state: the end of task 0
+    assert ckpt["position"] == {"task": 1, "epoch": 0, "batch": 0, "step": 0}
+
+
+def test_config_errors_name_the_field(tmp_path):
+    with pytest.raises(ConfigError, match="train.batch_sise"):
+        load_config(overrides=["train.batch_sise=3"])
+    with pytest.raises(ConfigError, match="methods.1 \\(er\\): buffer_sise"):
+        load_config(overrides=["methods.1.buffer_sise=3"])
+    with pytest.raises(ConfigError, match="unknown method 'foo'"):
+        load_config(overrides=["methods.0.name=foo"])
+    with pytest.raises(ConfigError, match="data.n_tasks"):
+        load_config(overrides=["data.n_tasks=0"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(overrides=["train.epochs"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_overrides_apply_with_yaml_values():
+    cfg = load_config(overrides=["train.epochs=3", "methods.1.buffer_size=50", "seed=1"])
+    assert cfg.train.epochs == 3 and cfg.seed == 1
+    assert cfg.methods[1].method_params().buffer_size == 50
+
+
+def test_cli_reports_bad_config_and_missing_data(tmp_path):
+    res = cli("run", "--set", "train.batch_sise=3")
+    assert res.returncode == 2 and "train.batch_sise" in res.stderr
+    res = cli("run", "-q", "--data-root", str(tmp_path / "nothing"), "--set", "data.download=false",
+              "--out", str(tmp_path / "o"))
+    assert res.returncode == 2
+    assert "cifar-100-python" in res.stderr and "EDGECL_DATA" in res.stderr
+    res = cli("run", "--resume", str(tmp_path))
+    assert res.returncode == 2 and "not an edgecl run directory" in res.stderr
+
+
+def test_cli_compare_and_report(tiny_results, tmp_path):
+    _, out = tiny_results
+    res = cli("compare", str(out / "finetune"), str(out / "er"), "--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    assert "| er" in res.stdout and "1.00×" in res.stdout
+    res = cli("report", str(out / "er"))
+    assert res.returncode == 0 and "report.html" in res.stdout
+    res = cli("report", str(tmp_path / "missing"))
+    assert res.returncode == 2
