@@ -38,6 +38,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     tree: dict[str, Any] = {
         "name": "prompting",
         "seed": 42,
+        "threads": args.threads,
         "data": {
             "dataset": "cifar100", "n_tasks": 10, "class_order": "fixed",
             "train_per_class": args.train_per_class, "test_per_class": args.test_per_class,
@@ -108,6 +109,7 @@ def main() -> None:
     parser.add_argument("--test-per-class", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--out", type=Path, default=Path("runs/prompting"))
     parser.add_argument("--resume", action="store_true", help="reuse finished methods in --out")
     args = parser.parse_args()

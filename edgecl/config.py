@@ -58,6 +58,16 @@ class CostConfig(Strict):
     count_flops: bool = True
     device_profiles: list[str] = ["jetson_nano", "jetson_xavier_nx", "raspberry_pi_4"]
 
+    @field_validator("device_profiles")
+    @classmethod
+    def known_profiles(cls, v: list[str]) -> list[str]:
+        from edgecl.metrics.devices import PROFILES
+
+        unknown = sorted(set(v) - set(PROFILES))
+        if unknown:
+            raise ValueError(f"unknown device profiles {unknown}; known: {sorted(PROFILES)}")
+        return v
+
 
 class MethodSpec(BaseModel):
     """One method of the comparison: name, optional overrides, then its own parameters."""

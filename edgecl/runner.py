@@ -40,7 +40,7 @@ from edgecl.metrics.accuracy import (
     task_il_predictions,
 )
 from edgecl.metrics.cost import CostMeter, NvmlEnergy, peak_rss_bytes
-from edgecl.metrics.devices import PROFILES, host_profile
+from edgecl.metrics.devices import PROFILES, host_estimate
 
 SCHEMA_VERSION = 1
 VIT_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -139,21 +139,6 @@ def environment(device: torch.device) -> dict[str, Any]:
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
     }
-
-
-_HOST_PEAK: dict[str, float] = {}
-
-
-def measured_matmul_peak(n: int = 1024, reps: int = 8) -> float:
-    """fp32 matmul FLOP/s of this host (cached for the process)."""
-    if "cpu" not in _HOST_PEAK:
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        a @ b
-        start = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        _HOST_PEAK["cpu"] = 2 * n**3 * reps / (time.perf_counter() - start)
-    return _HOST_PEAK["cpu"]
 
 
 def train_indices(scenario: Scenario, t: int, cumulative: bool) -> np.ndarray:
@@ -416,13 +401,11 @@ class MethodRun:
             + 3 * mem.get("gradient_bytes", 0) + 2 * mem.get("optimizer_state_bytes", 0)
         )
         train_flops = flops["train"]["total"] + flops["selection"]
-        profiles = {n: PROFILES[n] for n in self.cfg.cost.device_profiles}
-        profiles = {"host": host_profile(
-            measured_matmul_peak(), torch.get_num_threads(), int(os.sysconf("SC_PAGE_SIZE")
-                                                                * os.sysconf("SC_PHYS_PAGES"))),
-            **profiles}
-        estimates = {}
-        for name, prof in profiles.items():
+        times = self.meter.time_summary(0)
+        estimates = {"host": host_estimate(
+            times["train_total"], times["train_total"] + times["eval"], torch.get_num_threads())}
+        for name in self.cfg.cost.device_profiles:
+            prof = PROFILES[name]
             train = prof.estimate(train_flops, train_bytes)
             total = prof.estimate(train_flops + flops["eval"], train_bytes)
             estimates[name] = {
@@ -431,9 +414,9 @@ class MethodRun:
             }
         return {
             "unit": "J", "estimates": estimates, "measured": measured,
-            "note": "estimates from executed FLOPs and a DRAM-traffic model with device profiles "
-                    "(edgecl.metrics.devices), not measurements; 'measured' is NVML GPU energy "
-                    "when available",
+            "note": "estimates, not measurements: device profiles use executed FLOPs and a "
+                    "DRAM-traffic model (edgecl.metrics.devices); 'host' uses measured wall time "
+                    "and an assumed power; 'measured' is NVML GPU energy when available",
         }
 
     def results(self, wall: float, measured_joules: float | None) -> dict[str, Any]:

@@ -53,10 +53,18 @@ PROFILES: dict[str, DeviceProfile] = {
 }
 
 
-def host_profile(measured_peak_flops: float, threads: int, memory_bytes: int) -> DeviceProfile:
-    """This machine, with a measured fp32 matmul peak and an assumed 10 W per busy core."""
-    return DeviceProfile(
-        f"this host ({threads} threads)", measured_peak_flops, 1.0, 10.0 * threads, 50e-12,
-        memory_bytes,
-        "peak = measured fp32 matmul rate here; power assumed 10 W per thread (not measured)",
-    )
+HOST_WATTS_PER_THREAD = 10.0
+
+
+def host_estimate(train_seconds: float, total_seconds: float, threads: int) -> dict:
+    """This machine: measured wall time × an assumed 10 W per busy thread (no power meter)."""
+    watts = HOST_WATTS_PER_THREAD * threads
+    return {
+        "train_joules": train_seconds * watts,
+        "total_joules": total_seconds * watts,
+        "profile": {
+            "name": f"this host ({threads} threads)",
+            "load_watts": watts,
+            "source": "measured wall time x assumed 10 W per thread (power not measured)",
+        },
+    }

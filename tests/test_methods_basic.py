@@ -1,0 +1,114 @@
+"""finetune / joint / ER / NCM on tiny synthetic inputs, against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgecl.data.base import ArrayDataset
+from edgecl.data.scenarios import class_incremental
+from edgecl.data.transforms import eval_transform
+from edgecl.methods.base import Batch, BenchmarkInfo, OptimConfig, TaskInfo, mask_logits
+from edgecl.methods.er import ER, ERParams
+from edgecl.methods.finetune import Finetune
+from edgecl.methods.ncm import NCM, NCMParams
+from edgecl.metrics.cost import CostMeter
+from edgecl.runner import train_indices
+
+
+class TinyBackbone(nn.Module):
+    feature_dim = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(3 * 2 * 2, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x.flatten(1))
+
+
+def info(num_classes: int = 4) -> BenchmarkInfo:
+    return BenchmarkInfo(
+        num_classes=num_classes, n_tasks=2,
+        task_classes=[torch.tensor([0, 1]), torch.tensor([2, 3])],
+        train_transform=eval_transform(2, (0.5,) * 3, (0.5,) * 3),
+        device=torch.device("cpu"), meter=CostMeter(), seed=0, steps_per_task=[1, 1],
+        input_size=2,
+    )
+
+
+def batch(n: int, task: int = 0, seed: int = 0) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    raw = torch.randint(0, 255, (n, 2, 2, 3), dtype=torch.uint8, generator=g)
+    x = raw.permute(0, 3, 1, 2).float() / 255
+    y = torch.randint(2 * task, 2 * task + 2, (n,), generator=g)
+    return Batch(x, y, raw, torch.arange(n), task)
+
+
+def test_mask_logits_keeps_only_allowed_classes():
+    logits = torch.tensor([[1.0, 2.0, 3.0]])
+    assert mask_logits(logits, 2).tolist() == [[1.0, 2.0, -math.inf]]
+    assert mask_logits(logits, torch.tensor([2])).tolist() == [[-math.inf, -math.inf, 3.0]]
+
+
+def test_finetune_loss_ignores_future_classes():
+    m = Finetune(Finetune.Params(), OptimConfig(name="sgd", lr=0.1))
+    m.setup(TinyBackbone(), info())
+    m.begin_task(TaskInfo(0, torch.tensor([0, 1]), 4, 1))
+    logits = torch.tensor([[2.0, 0.0, 50.0, 50.0]])
+    expected = -torch.log_softmax(torch.tensor([2.0, 0.0]), 0)[0]
+    assert m.classification_loss(logits, torch.tensor([0])).item() == pytest.approx(
+        expected.item())
+
+
+def test_finetune_step_changes_weights_and_counts_optimizer_flops():
+    m = Finetune(Finetune.Params(), OptimConfig(name="sgd", lr=0.1))
+    m.setup(TinyBackbone(), info())
+    m.begin_task(TaskInfo(0, torch.tensor([0, 1]), 4, 1))
+    before = m.net.head.weight.detach().clone()
+    stats = m.observe(batch(4))
+    assert stats.n_samples == 4 and stats.loss > 0
+    assert not torch.equal(before, m.net.head.weight)
+    n_params = sum(p.numel() for p in m.net.parameters())
+    assert m.meter.flops["optimizer"] == 2 * n_params  # plain SGD: 2 FLOPs per element
+
+
+def test_er_replays_a_batch_of_the_same_size_after_the_first_step():
+    m = ER(ERParams(buffer_size=10), OptimConfig(name="sgd", lr=0.1))
+    m.setup(TinyBackbone(), info())
+    m.begin_task(TaskInfo(0, torch.tensor([0, 1]), 4, 2))
+    assert m.observe(batch(3, seed=1)).n_samples == 3  # empty buffer: nothing to replay
+    assert len(m.buffer) == 3
+    assert m.observe(batch(3, seed=2)).n_samples == 6
+    assert m.buffer_bytes() == 10 * 2 * 2 * 3 + 10 * 8 + 10 * 8
+
+
+def test_ncm_predicts_nearest_hand_computed_mean():
+    m = NCM(NCMParams(normalize=False), OptimConfig())
+    backbone = nn.Flatten()
+    backbone.feature_dim = 12
+    m.setup(backbone, info())
+    m.begin_task(TaskInfo(0, torch.tensor([0, 1]), 4, 1))
+    x = torch.zeros(4, 3, 2, 2)
+    x[2:] = 1.0
+    m.observe(Batch(x, torch.tensor([0, 0, 1, 1]), torch.zeros(4, 2, 2, 3), torch.arange(4), 0))
+    probe = torch.full((2, 3, 2, 2), 0.2)
+    probe[1] = 0.9
+    logits = m.predict(probe)
+    assert logits[:, :2].argmax(1).tolist() == [0, 1]
+    assert logits[0, 0].item() == pytest.approx(-12 * 0.2**2, rel=1e-5)
+    assert torch.isinf(logits[:, 2:]).all()  # classes not seen yet
+
+
+def test_joint_trains_on_the_union_of_seen_tasks():
+    images = np.zeros((40, 2, 2, 3), dtype=np.uint8)
+    labels = np.repeat(np.arange(4), 10)
+    ds = ArrayDataset(images, labels, ("a", "b", "c", "d"), "toy")
+    scenario = class_incremental(ds, ds, 2)
+    union = train_indices(scenario, 1, cumulative=True)
+    assert sorted(union.tolist()) == list(range(40))
+    assert len(train_indices(scenario, 1, cumulative=False)) == 20
