@@ -224,6 +224,7 @@ class MethodRun:
         )
         torch.manual_seed(cfg.seed)
         self.method.setup(backbone, self.info)
+        self.backbone = backbone
         self.meter.watch_parameters([self.method.modules, backbone])
         self.cil, self.til = AccuracyMatrix(), AccuracyMatrix()
         self.per_task: list[dict[str, Any]] = []
@@ -293,6 +294,8 @@ class MethodRun:
         pos = self.position
         if pos["step"] == 0:
             self.method.begin_task(task)
+            # methods may grow parameters per task: keep them out of activation memory
+            self.meter.watch_parameters([self.method.modules, self.backbone])
         flops_before = self.meter.flops_summary(0)["train"]["total"]
         time_before = self.meter.time_summary(0)["train_total"]
         samples_before = self.train_samples
