@@ -424,6 +424,9 @@ class MethodRun:
 
     def results(self, wall: float, measured_joules: float | None) -> dict[str, Any]:
         flops = self.meter.flops_summary(self.train_samples)
+        sparse = self.method.extra_results().get("sparse_flops")
+        if sparse:
+            flops["sparse"] = sparse
         memory = self.memory_summary()
         tasks = self.scenario.tasks
         return {

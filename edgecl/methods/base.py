@@ -164,6 +164,10 @@ class Method:
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.modules.parameters() if p.requires_grad]
 
+    def extra_results(self) -> dict[str, Any]:
+        """Method-specific results merged into results.json (e.g. ``sparse_flops``)."""
+        return {}
+
     def buffer_bytes(self) -> int:
         """Bytes of replay/latent buffers, caches and other method state kept for training."""
         return 0

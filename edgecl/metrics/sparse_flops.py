@@ -60,14 +60,14 @@ def conv2d_layer_flops(x: Tensor, weight: Tensor, out: Tensor) -> LayerFlops:
             flops.input_grad = conv_flop_count(os_, ws, xs, transposed=True)
         if weight.requires_grad:
             flops.weight_grad = conv_flop_count(
-                [xs[1], xs[0], *xs[2:]], [os_[1], os_[0], *os_[2:]], ws, transposed=False)
+                [xs[1], xs[0], *xs[2:]], [os_[1], os_[0], *os_[2:]], ws, transposed=False
+            )
     return flops
 
 
 def sparse_layer_flops(dense: LayerFlops, weight_density: float, grad_density: float) -> float:
     """RigL-style FLOPs of a sparse layer step from its dense FLOPs and densities."""
-    return ((dense.forward + dense.input_grad) * weight_density
-            + dense.weight_grad * grad_density)
+    return (dense.forward + dense.input_grad) * weight_density + dense.weight_grad * grad_density
 
 
 @dataclass
@@ -96,6 +96,7 @@ class SparseFlopCounter:
             if self._recording:
                 flops = conv2d_layer_flops(args[0], module.weight, out)
                 self._pending.setdefault(name, LayerFlops()).add(flops)
+
         return record
 
     @contextlib.contextmanager
@@ -107,8 +108,13 @@ class SparseFlopCounter:
         finally:
             self._recording = False
 
-    def end_step(self, weight_density: dict[str, float], grad_density: dict[str, float],
-                 optimizer_flops_per_element: int, updated: dict[str, bool]) -> None:
+    def end_step(
+        self,
+        weight_density: dict[str, float],
+        grad_density: dict[str, float],
+        optimizer_flops_per_element: int,
+        updated: dict[str, bool],
+    ) -> None:
         """Book the step: pending dense FLOPs at this step's densities, and optimizer work."""
         t = self.totals
         for name, dense in self._pending.items():
@@ -122,8 +128,7 @@ class SparseFlopCounter:
             if updated.get(name, False):
                 numel = module.weight.numel() * optimizer_flops_per_element
                 t.dense_optimizer += numel
-                t.sparse_optimizer += numel * grad_density.get(
-                    name, weight_density.get(name, 1.0))
+                t.sparse_optimizer += numel * grad_density.get(name, weight_density.get(name, 1.0))
         t.steps += 1
         self._pending = {}
 
@@ -137,8 +142,12 @@ class SparseFlopCounter:
         dense_total = dense_train["total"]
         return {
             "accounting": "rigl",
-            "train": {"forward": forward, "backward": backward, "optimizer": optimizer,
-                      "total": total},
+            "train": {
+                "forward": forward,
+                "backward": backward,
+                "optimizer": optimizer,
+                "total": total,
+            },
             "dense_executed": dict(dense_train),
             "ratio_to_dense_executed": total / dense_total if dense_total else None,
             "sparse_layers": {
