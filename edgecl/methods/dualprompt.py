@@ -14,7 +14,8 @@ Choices (reference: JH-LEE-KR/dualprompt-pytorch, CIFAR-100 config; spec: specs/
   into halves) is ``split``.
 - ``warm_start`` = true: the reference (``shared_prompt_pool``) copies E-prompt ``t-1`` into
   E-prompt ``t`` when task ``t`` starts (prompts only, keys are not copied).
-- ``batchwise_prompt``/``batchwise_eval`` = true, as in the reference (see L2P).
+- ``batchwise_prompt`` = true as in the reference; ``batchwise_eval`` = false (see L2P: a
+  batch vote at test time would leak the task identity; the protocol configs set true).
 - Prompts and keys are U(-1, 1) (``uniform``). G-prompts use the same ``tuning``.
 - With top-k > 1 each selected prompt's key part and value part are concatenated separately;
   the reference reshapes ``(2, B)`` into ``(B, 2)`` without a permute, which mixes keys and

@@ -15,9 +15,11 @@ Choices (reference: JH-LEE-KR/l2p-pytorch; spec: specs/prompting.md):
 - ``prompt_pos_embed`` = ``cls``: l2p-pytorch resizes the pretrained position table by copying
   the CLS position to every prompt slot, so prompt tokens get the CLS position embedding;
   ``none`` gives them none.
-- ``batchwise_eval`` = true: l2p-pytorch also applies the batch-wise majority at test time.
-  Test batches here hold one task each, so this lets the batch vote on prompts; set it to
-  false for per-sample selection at test time (mammoth's default).
+- ``batchwise_eval`` = false (a deliberate deviation): l2p-pytorch also applies the batch-wise
+  majority at test time, but edgecl's test batches hold one task each, so a batch vote would
+  leak the task identity into class-IL evaluation and make the comparison with other methods
+  unfair. Per-sample selection at test time is the default (as mammoth); ``true`` gives the
+  reference behaviour (the paper-protocol configs set it).
 - Ties in top-k and in the batch-wise counts go to the lower prompt id.
 - ``task_prompts`` (l2p-pytorch's ``use_prompt_mask``): train task ``t`` on prompts
   ``[t·k, (t+1)·k)`` instead of the matched ones (while they exist in the pool).
@@ -47,7 +49,7 @@ class L2PParams(PromptParams):
     prompt_length: int = Field(5, ge=1)
     top_k: int = Field(5, ge=1)
     batchwise_prompt: bool = True
-    batchwise_eval: bool = True
+    batchwise_eval: bool = False
     task_prompts: bool = False
     prompt_init: PromptInit = "uniform01"
     key_init: PromptInit = "uniform01"
