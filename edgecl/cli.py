@@ -153,6 +153,9 @@ def analyze_layers(
     ] = None,
     samples: Annotated[int, typer.Option(help="held-out images per task for CKA")] = 64,
     threshold: Annotated[float, typer.Option(help="MS and LP threshold for freezing")] = 0.9,
+    raw_tokens: Annotated[
+        bool, typer.Option("--raw-tokens", help="ViT: CKA on raw tokens (not per-token normed)")
+    ] = False,
 ) -> None:
     """Per-layer memory stability and learning plasticity (linear CKA) on the config's first
     two tasks; prints and plots them and proposes LightCL's freeze point."""
@@ -166,7 +169,8 @@ def analyze_layers(
         overrides.append(f"data.root={data_root}")
     try:
         cfg = load_config(config, overrides)
-        result = run_analysis(cfg, steps=steps, samples=samples, threshold=threshold)
+        result = run_analysis(cfg, steps=steps, samples=samples, threshold=threshold,
+                              normalize_tokens=not raw_tokens)
     except (ConfigError, DataError, OSError, ValueError) as exc:
         _fail(str(exc))
     json_path, png_path = write_analysis(result, out)
