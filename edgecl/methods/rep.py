@@ -24,7 +24,7 @@ Merging and dropping act on training forwards only; evaluation runs every block 
 token. ALD's ``t`` counts training steps over the whole stream (``ald_clock: run``, as
 progressive layer dropping does) or within the current task (``task``);
 ``ald_reference_steps`` stretches it so that a shortened run follows the decay of a protocol
-with that many steps (an edgecl extension; see docs/rep.md for what it does to accuracy).
+with that many steps (an edgecl extension; the README's REP section shows its accuracy cost).
 
 Every cost is measured, not modelled: skipped blocks and merged tokens simply do not appear
 in the executed FLOPs and saved-for-backward bytes; the similarity matmuls of the matching
