@@ -71,7 +71,7 @@ def run(
     try:
         with _progress(quiet) as factory:
             results = run_all(cfg, out_dir, resume=resume is not None, progress_factory=factory)
-    except (DataError, NonFiniteLossError, RuntimeError) as exc:
+    except (ConfigError, DataError, NonFiniteLossError, RuntimeError) as exc:
         _fail(str(exc))
     for res in results:
         write_report(out_dir / res["run_name"])
