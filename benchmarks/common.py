@@ -49,3 +49,12 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     tmp.write_text(json.dumps({"environment": environment(), **payload}, indent=1))
     tmp.replace(path)
     return path
+
+
+def table_lines(headers: list[str]) -> list[str]:
+    """The header and separator lines of a markdown table."""
+    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+
+
+def table_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"

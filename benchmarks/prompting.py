@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS, write_result
+from benchmarks.common import RESULTS, table_lines, table_row, write_result
 from edgecl.config import RunConfig
 from edgecl.report import compare_markdown
 from edgecl.runner import run
@@ -89,7 +89,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         "Selection GFLOPs", "Update GFLOPs", "Selection share", "Train memory (MiB)",
         "Trainable (KiB)", "Train time (s)", "Wall time (s)",
     ]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines = table_lines(headers)
     for r in rows:
         cells = [
             r["method"], f"{r['class_il_final']:.1f}", f"{r['class_il_forgetting']:.1f}",
@@ -99,7 +99,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             f"{r['trainable_parameter_bytes'] / 1024:,.0f}", f"{r['train_seconds']:.0f}",
             f"{r['wall_seconds']:.0f}",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(table_row(cells))
     return "\n".join(lines)
 
 

@@ -10,7 +10,7 @@ machine load.
 
 REP runs use the paper's defaults: the selector is the same weights at 112 px with query
 caching, AToM (r_max 8 for L2P, 6 for DualPrompt/CODA), ALD (θ̄ 0.5, γ 0.001, α 0.9, τ 16 /
-12) on the actual step count. Over a 50-step run that schedule keeps θ ≥ 0.97, so two more
+12) on the actual step count. Over a 50-step run that schedule keeps θ ≥ 0.93, so two more
 runs stretch ALD's clock to REP's 10 x 1875-step protocol (``ald_reference_steps``), the
 regime the paper's savings come from. Ablations on L2P: swift selection only (+ cache),
 + AToM, + ALD (stretched clock), all three (stretched clock).
@@ -29,13 +29,14 @@ reuses finished methods there).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS, write_result
+from benchmarks.common import RESULTS, table_lines, table_row, write_result
 from edgecl.config import RunConfig
 from edgecl.runner import run
 
@@ -143,6 +144,7 @@ def compare(rep: dict[str, Any], host: dict[str, Any]) -> dict[str, Any]:
         "flops_ratio": ratio(rep["train_flops"], host["train_flops"]),
         "accuracy_delta": rep["class_il_final"] - host["class_il_final"],
         "forgetting_delta": rep["class_il_forgetting"] - host["class_il_forgetting"],
+        "task_il_delta": rep["task_il_final"] - host["task_il_final"],
         "phase_time_ratios": {
             p: ratio(rep["phase_seconds"][p], host["phase_seconds"][p])
             for p in ("selection", "forward", "backward")
@@ -162,32 +164,34 @@ def comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def pair_table(pairs: list[dict[str, Any]]) -> str:
     headers = ["REP run", "vs", "Train time ratio", "Train memory ratio (peak step)",
                "Train memory ratio (mean step)", "Train FLOPs ratio", "Δ class-IL acc (pts)",
-               "Δ forgetting (pts)"]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+               "Δ forgetting (pts)", "Δ task-IL acc (pts)"]
+    lines = table_lines(headers)
     for p in pairs:
         cells = [p["rep"], p["host"], f"{p['time_ratio']:.2f}", f"{p['memory_peak_ratio']:.2f}",
                  f"{p['memory_mean_ratio']:.2f}", f"{p['flops_ratio']:.2f}",
-                 f"{p['accuracy_delta']:+.1f}", f"{p['forgetting_delta']:+.1f}"]
-        lines.append("| " + " | ".join(cells) + " |")
+                 f"{p['accuracy_delta']:+.1f}", f"{p['forgetting_delta']:+.1f}",
+                 f"{p['task_il_delta']:+.1f}"]
+        lines.append(table_row(cells))
     return "\n".join(lines)
 
 
 def method_table(rows: list[dict[str, Any]]) -> str:
-    headers = ["Method", "Class-IL acc (%)", "Forgetting (pts)", "Train TFLOPs",
+    headers = ["Method", "Class-IL acc (%)", "Forgetting (pts)", "Task-IL acc (%)", "Train TFLOPs",
                "of which selection", "Peak saved (MiB)", "Mean saved (MiB)", "State (MiB)",
                "Train time (s)", "sel / fwd / bwd (s)", "Wall (s)"]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines = table_lines(headers)
     for r in rows:
         ph = r["phase_seconds"]
         cells = [
             r["method"], f"{r['class_il_final']:.1f}", f"{r['class_il_forgetting']:.1f}",
-            f"{r['train_flops'] / 1e12:.2f}", f"{r['selection_flops'] / 1e12:.2f}",
+            f"{r['task_il_final']:.1f}", f"{r['train_flops'] / 1e12:.2f}",
+            f"{r['selection_flops'] / 1e12:.2f}",
             f"{r['saved_peak_bytes'] / MIB:.0f}", f"{r['saved_mean_bytes'] / MIB:.0f}",
             f"{r['state_bytes'] / MIB:.1f}", f"{r['train_seconds']:.0f}",
             f"{ph['selection']:.0f} / {ph['forward']:.0f} / {ph['backward']:.0f}",
             f"{r['wall_seconds']:.0f}",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(table_row(cells))
     return "\n".join(lines)
 
 
@@ -210,48 +214,62 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("runs/rep"))
     parser.add_argument("--name", default="rep", help="results/<name>.json and .md")
     parser.add_argument("--resume", action="store_true", help="reuse finished methods in --out")
+    parser.add_argument("--render", action="store_true",
+                        help="only re-render results/<name>.md from results/<name>.json")
     return parser.parse_args()
+
+
+def render(payload: dict[str, Any]) -> str:
+    """results/<name>.md from the JSON payload (re-rendered by ``--render``)."""
+    prof, cfg = payload["profile"], payload["config"]
+    before, after = payload["load_average_before"][0], payload["load_average_after"][0]
+    note = (
+        f"Split CIFAR-100, {prof['n_tasks']} tasks, ViT-Ti/16 at 224 px; "
+        f"{prof['train_per_class']} train / {prof['test_per_class']} test images per class, "
+        f"{prof['epochs']} epoch(s), batch {prof['batch_size']}. REP selector: the same weights "
+        f"at {prof['selector_resolution']} px{'' if prof['no_cache'] else ' with query caching'}; "
+        "ALD on the actual step count, except in the *_scaled runs (clock stretched to "
+        f"{prof['reference_steps']} steps). Ratios are REP / host, measured in this one process. "
+        "Time = all training phases (data, selection, forward, backward, step); memory = "
+        "saved-for-backward + parameters + gradients + optimizer state + buffers, at the peak "
+        "and at the mean step; FLOPs = executed forward + backward + optimizer + selection. "
+        f"Total wall time {payload['wall_seconds_total'] / 60:.1f} min; 1-min load average "
+        f"before/after {before:.1f}/{after:.1f} on {os.cpu_count()} cores, "
+        f"{cfg['threads'] or 'default'} torch thread(s)."
+    )
+    return (f"# REP vs host prompt methods, reduced profile\n\n`{payload['command']}`\n\n"
+            f"{note}\n\n## Pairs\n\n{pair_table(payload['pairs'])}\n\n## Methods\n\n"
+            f"{method_table(payload['methods'])}\n")
 
 
 def main() -> None:
     args = parse_args()
+    if args.render:  # re-render the markdown (and pairs) of an earlier run's JSON
+        path = RESULTS / f"{args.name}.json"
+        payload = json.loads(path.read_text())
+        payload["pairs"] = comparisons(payload["methods"])
+        path.write_text(json.dumps(payload, indent=1))
+        (RESULTS / f"{args.name}.md").write_text(render(payload))
+        return
     cfg = build_config(args)
     load_before = os.getloadavg()
     start = time.perf_counter()
     results = run(cfg, args.out, resume=args.resume)
     wall = time.perf_counter() - start
-    load_after = os.getloadavg()
     rows = [summary(r) for r in results]
-    pairs = comparisons(rows)
-    command = ("python -m benchmarks.rep " + " ".join(sys.argv[1:])).strip()
-    path = write_result(args.name, {
-        "command": command,
-        "profile": {k: v for k, v in vars(args).items() if k not in ("out", "resume")},
+    payload = {
+        "command": ("python -m benchmarks.rep " + " ".join(sys.argv[1:])).strip(),
+        "profile": {k: v for k, v in vars(args).items() if k not in ("out", "resume", "render")},
         "wall_seconds_total": wall,
         "load_average_before": load_before,
-        "load_average_after": load_after,
+        "load_average_after": os.getloadavg(),
         "config": cfg.model_dump(mode="json"),
-        "pairs": pairs,
+        "pairs": comparisons(rows),
         "methods": rows,
-    })
-    note = (
-        f"Split CIFAR-100, {args.n_tasks} tasks, ViT-Ti/16 at 224 px; {args.train_per_class} "
-        f"train / {args.test_per_class} test images per class, {args.epochs} epoch(s), batch "
-        f"{args.batch_size}. REP selector: the same weights at {args.selector_resolution} px"
-        f"{'' if args.no_cache else ' with query caching'}; ALD on the actual step count, "
-        f"except in the *_scaled runs (clock stretched to {args.reference_steps} steps). "
-        "Ratios are REP / host, measured in this one process. "
-        "Time = all training phases (data, selection, forward, backward, step); memory = "
-        "saved-for-backward + parameters + gradients + optimizer state + buffers, at the peak "
-        "and at the mean step; FLOPs = executed forward + backward + optimizer + selection. "
-        f"Total wall time {wall / 60:.1f} min; 1-min load average before/after "
-        f"{load_before[0]:.1f}/{load_after[0]:.1f} on {os.cpu_count()} cores, "
-        f"{cfg.threads or 'default'} torch threads."
-    )
-    md = (f"# REP vs host prompt methods, reduced profile\n\n`{command}`\n\n{note}\n\n"
-          f"## Pairs\n\n{pair_table(pairs)}\n\n## Methods\n\n{method_table(rows)}\n")
-    (RESULTS / f"{args.name}.md").write_text(md)
-    print(pair_table(pairs))
+    }
+    path = write_result(args.name, payload)
+    (RESULTS / f"{args.name}.md").write_text(render(payload))
+    print(pair_table(payload["pairs"]))
     print(method_table(rows))
     print(f"wrote {path} and {RESULTS / f'{args.name}.md'} in {wall / 60:.1f} min")
 

@@ -27,14 +27,7 @@ from edgecl.methods import method_class
 from edgecl.methods.base import Batch, BenchmarkInfo, OptimConfig, TaskInfo
 from edgecl.metrics.cost import CostMeter
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin-waits on a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 REPO = Path(__file__).resolve().parents[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -15,13 +16,7 @@ from edgecl.methods import method_class
 from edgecl.methods.base import Batch, BenchmarkInfo, OptimConfig, TaskInfo
 from edgecl.metrics.cost import CostMeter
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY_VIT = ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=4, num_heads=2)
@@ -84,7 +79,7 @@ def test_shared_selector_is_the_update_model_at_a_lower_resolution():
     assert selector.patch_embed is method.vit.patch_embed
     assert selector.pos_embed.shape == (1, 5, 32) and not selector.pos_embed.requires_grad
     # the same as a ViT built at 16 px from the update model's weights
-    reference = VisionTransformer(TINY_VIT.__class__(**{**TINY_VIT.__dict__, "img_size": 16}))
+    reference = VisionTransformer(replace(TINY_VIT, img_size=16))
     sd = copy.deepcopy(method.vit.state_dict())
     sd["pos_embed"] = interpolate_pos_embed(sd["pos_embed"], 2)
     reference.load_state_dict(sd)
