@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS, write_result
+from benchmarks.common import RESULTS, table_lines, table_row, write_result
 from edgecl import runner
 from edgecl.config import RunConfig
 from edgecl.report import compare_markdown
@@ -168,7 +168,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         "Train time / task (s)", "ER / this time", "CPU time / task (s)", "ER / this CPU",
         "Train GFLOPs", "ER / this FLOPs", "Wall (s)",
     ]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines = table_lines(headers)
     for r in rows:
         cells = [
             r["method"], f"{r['class_il_final']:.1f}", f"{r['class_il_forgetting']:.1f}",
@@ -183,8 +183,59 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             f"{r.get('flops_ratio_er_over_this', float('nan')):.2f}x",
             f"{r['wall_seconds']:.0f}",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(table_row(cells))
     return "\n".join(lines)
+
+
+def resnet_step_memory(batch_size: int) -> dict[str, Any]:
+    """ER vs LightCL training memory for one task-1 step on CIFAR ResNet-18 (32 px).
+
+    The LightCL paper's backbone: its reference split (layer4 trains). Synthetic images (the
+    bytes do not depend on pixel values); ER replays ``batch_size`` buffered images, LightCL
+    keeps its 15-image buffer.
+    """
+    import torch
+
+    from edgecl.backbones.cnn import CifarResNet18
+    from edgecl.data.transforms import eval_transform
+    from edgecl.methods.base import Batch, BenchmarkInfo, OptimConfig, TaskInfo
+    from edgecl.methods.er import ER, ERParams
+    from edgecl.methods.lightcl import LightCL, LightCLParams
+    from edgecl.metrics.cost import CostMeter
+
+    classes = [torch.arange(0, 10), torch.arange(10, 20)]
+    out: dict[str, Any] = {"batch_size": batch_size}
+    methods = {
+        "er": ER(ERParams(buffer_size=max(200, batch_size)), OptimConfig(lr=0.001, momentum=0.9)),
+        "lightcl": LightCL(LightCLParams(), OptimConfig(lr=0.01)),
+    }
+    for name, method in methods.items():
+        torch.manual_seed(0)
+        meter = CostMeter()
+        info = BenchmarkInfo(20, 2, classes, eval_transform(32, *runner.CIFAR_MEAN_STD),
+                             torch.device("cpu"), meter, 0, [1, 1], 32)
+        method.setup(CifarResNet18(), info)
+        meter.watch_parameters([method.modules])
+        g = torch.Generator().manual_seed(0)
+        for t in (0, 1):
+            task = TaskInfo(t, classes[t], batch_size, 1)
+            method.begin_task(task)
+            raw = torch.randint(0, 256, (batch_size, 32, 32, 3), generator=g, dtype=torch.uint8)
+            y = classes[t][torch.randint(0, 10, (batch_size,), generator=g)]
+            batch = Batch(info.train_transform(raw), y, raw, torch.arange(batch_size), t)
+            with meter.training_step():
+                method.observe(batch)
+            mem = method.memory_breakdown()
+            if t == 0:
+                method.end_task(task)
+        saved = meter.saved_bytes_per_step[-1]
+        state = sum(mem[k] for k in ("parameter_bytes", "gradient_bytes",
+                                     "optimizer_state_bytes", "buffer_bytes"))
+        out[name] = {"peak_saved_for_backward_bytes": saved, **mem,
+                     "training_footprint_bytes": saved + state}
+    out["memory_ratio_er_over_lightcl"] = (out["er"]["training_footprint_bytes"]
+                                           / out["lightcl"]["training_footprint_bytes"])
+    return out
 
 
 def parse_args() -> argparse.Namespace:
@@ -202,6 +253,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--layer-analysis", type=Path,
                         default=RESULTS / "frozen_prefix_layers.json",
                         help="analysis.json of `edgecl analyze-layers` for lightcl_auto")
+    parser.add_argument("--resnet-memory", type=int, nargs="*", default=None, metavar="BATCH",
+                        help="only measure ER vs LightCL memory of one step on CIFAR ResNet-18 "
+                             "at these batch sizes (results/frozen_prefix_resnet_memory.json)")
     parser.add_argument("--out", type=Path, default=Path("runs/frozen_prefix"))
     parser.add_argument("--resume", action="store_true", help="reuse finished methods in --out")
     return parser.parse_args()
@@ -209,6 +263,15 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    if args.resnet_memory is not None:
+        rows = [resnet_step_memory(b) for b in args.resnet_memory or [16, 128]]
+        path = write_result("frozen_prefix_resnet_memory", {"measurements": rows})
+        for r in rows:
+            print(f"batch {r['batch_size']}: ER {r['er']['training_footprint_bytes'] / MIB:.1f} "
+                  f"MiB, LightCL {r['lightcl']['training_footprint_bytes'] / MIB:.1f} MiB, "
+                  f"ratio {r['memory_ratio_er_over_lightcl']:.2f}x")
+        print(f"wrote {path}")
+        return
     with_derpp = derpp_available()
     cfg = build_config(args, with_derpp)
     record_cpu_time_per_task()

@@ -72,10 +72,26 @@ def _attention_cost(q: Tensor, k: Tensor, v: Tensor, out: Tensor) -> tuple[int, 
     return fwd, bwd
 
 
+def _unpack(t: Tensor) -> Tensor:
+    return t
+
+
 @dataclass
 class StepMemory:
+    """Bytes saved for backward in one step; ``excluded`` are parameter/buffer storages."""
+
+    excluded: set[int] = field(default_factory=set)
     saved_bytes: int = 0
     seen: set[int] = field(default_factory=set)
+
+    def pack(self, t: Tensor) -> Tensor:
+        """The saved-tensor pack hook: count each new non-parameter storage once."""
+        if t.layout == torch.strided and not t.is_meta:
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in self.seen and ptr not in self.excluded:
+                self.seen.add(ptr)
+                self.saved_bytes += t.untyped_storage().nbytes()
+        return t
 
 
 class CostMeter:
@@ -88,7 +104,7 @@ class CostMeter:
         self.seconds: dict[str, float] = defaultdict(float)
         self.saved_bytes_per_step: list[int] = []
         self._phase = "forward"
-        self._param_ptrs: set[int] = set()
+        self.param_storages: set[int] = set()
         self._hook_handle = None
 
     # ---- FLOPs ---------------------------------------------------------------------------
@@ -148,24 +164,15 @@ class CostMeter:
     # ---- memory --------------------------------------------------------------------------
     def watch_parameters(self, modules: list[nn.Module]) -> None:
         """Parameters saved for backward are not activation memory: remember their storages."""
-        self._param_ptrs = {
+        self.param_storages = {
             p.untyped_storage().data_ptr() for m in modules for p in m.parameters()
         } | {b.untyped_storage().data_ptr() for m in modules for b in m.buffers()}
 
     @contextlib.contextmanager
     def training_step(self) -> Iterator[StepMemory]:
         """Measure the bytes autograd saves for backward during one step."""
-        mem = StepMemory()
-
-        def pack(t: Tensor) -> Tensor:
-            if t.layout == torch.strided and not t.is_meta:
-                ptr = t.untyped_storage().data_ptr()
-                if ptr not in mem.seen and ptr not in self._param_ptrs:
-                    mem.seen.add(ptr)
-                    mem.saved_bytes += t.untyped_storage().nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        mem = StepMemory(self.param_storages)
+        with torch.autograd.graph.saved_tensors_hooks(mem.pack, _unpack):
             yield mem
         self.saved_bytes_per_step.append(mem.saved_bytes)
 
