@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edgecl.methods import REGISTRY, method_class
 from edgecl.methods.base import MethodParams, OptimConfig
@@ -28,15 +35,45 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# The CORe50 scenarios of edgecl.data.core50.SCENARIO_DIRS (a test keeps the two in sync).
+Core50Scenario = Literal["ni", "nc", "nic", "nicv2_79", "nicv2_196", "nicv2_391"]
+CLASS_INCREMENTAL_FIELDS = ("n_tasks", "class_order", "train_per_class", "test_per_class")
+CORE50_FIELDS = ("core50_scenario", "core50_run", "core50_test_stride", "core50_max_batches")
+
+
 class DataConfig(Strict):
-    dataset: Literal["cifar100", "cifar10", "fashion_mnist", "image_folder"] = "cifar100"
+    dataset: Literal["cifar100", "cifar10", "fashion_mnist", "image_folder", "core50"] = (
+        "cifar100")
     root: str | None = None  # default: $EDGECL_DATA, then ~/.cache/edgecl/data
     path: str | None = None  # image_folder only
     download: bool = True
+    # class-incremental splits (every dataset but core50)
     n_tasks: int = Field(10, ge=1)
     class_order: Literal["fixed", "seeded"] | list[int] = "fixed"
     train_per_class: int | None = Field(None, ge=1)
     test_per_class: int | None = Field(None, ge=1)
+    # core50 only: one task per incremental batch of the scenario's filelists
+    core50_scenario: Core50Scenario = "nicv2_391"
+    core50_run: int = Field(0, ge=0)
+    core50_test_stride: int = Field(1, ge=1)  # keep every n-th test image (ViT-LR/AR1*: 20)
+    core50_max_batches: int | None = Field(None, ge=1)  # only the first n batches
+
+    @model_validator(mode="after")
+    def fields_fit_dataset(self) -> DataConfig:
+        """A field is in use when its value differs from its default (a resolved config, as
+        saved in config.yaml, repeats every default, so being *set* is not enough)."""
+        core50 = self.dataset == "core50"
+        candidates = CLASS_INCREMENTAL_FIELDS if core50 else CORE50_FIELDS
+        unused = [f"data.{name}" for name in candidates
+                  if getattr(self, name) != type(self).model_fields[name].default]
+        if unused:
+            hint = ("CORe50 has one task per incremental batch of data.core50_scenario" if core50
+                    else "core50_* fields need data.dataset: core50")
+            one = len(unused) == 1
+            raise ValueError(
+                f"{', '.join(unused)} {'is' if one else 'are'} not used with data.dataset "
+                f"{self.dataset}; remove {'it' if one else 'them'} ({hint})")
+        return self
 
 
 class BackboneConfig(Strict):
@@ -52,6 +89,31 @@ class TrainConfig(Strict):
     augment: bool = True
     max_steps_per_task: int | None = Field(None, ge=1)
     checkpoint_every_steps: int = Field(0, ge=0)  # 0: only at task ends
+
+
+class EvalConfig(Strict):
+    """When and on what the model is evaluated.
+
+    ``per_task``: after every task, accuracy on each task seen so far (the accuracy matrix,
+    class-IL and task-IL, forgetting, BWT). ``seen_classes``: one class-IL accuracy on the test
+    images of all classes seen so far, after every ``every_n_tasks``-th task and after the last
+    (the CORe50 NIC protocol of AR1*/ViT-LR, for streams of hundreds of incremental batches).
+    """
+
+    protocol: Literal["per_task", "seen_classes"] = "per_task"
+    every_n_tasks: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def every_needs_seen_classes(self) -> EvalConfig:
+        if self.protocol == "per_task" and self.every_n_tasks != 1:
+            raise ValueError(
+                "eval.every_n_tasks applies to protocol seen_classes only; per_task evaluates "
+                "after every task (its accuracy matrix needs every row)")
+        return self
+
+    def due(self, t: int, n_tasks: int) -> bool:
+        """Whether to evaluate after task ``t`` (0-based) of ``n_tasks``."""
+        return (t + 1) % self.every_n_tasks == 0 or t == n_tasks - 1
 
 
 class CostConfig(Strict):
@@ -108,6 +170,7 @@ class RunConfig(Strict):
     backbone: BackboneConfig = BackboneConfig()
     train: TrainConfig = TrainConfig()
     optim: OptimConfig = OptimConfig()
+    eval: EvalConfig = EvalConfig()
     cost: CostConfig = CostConfig()
     methods: list[MethodSpec] = [MethodSpec(name="finetune")]
 
@@ -130,7 +193,8 @@ def _format_errors(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"])
-        parts.append(f"{where}: {err['msg']}")
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(msg if msg.startswith(f"{where}.") else f"{where}: {msg}")
     return "; ".join(parts)
 
 

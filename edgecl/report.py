@@ -29,6 +29,7 @@ SCHEMA_VERSION = 1
 RESULTS_FILENAME = "results.json"
 MIB = 1024**2
 MISSING = "—"
+NOT_DEFINED = "n/a"  # a metric the run's evaluation protocol does not define (null in JSON)
 REQUIRED_KEYS = ("schema_version", "run_name", "method", "accuracy", "cost")
 ENERGY_NOTE = (
     "Energy values are estimates from FLOPs and bytes with device profiles, not measurements."
@@ -82,6 +83,7 @@ def _validate(result: object, source: Path) -> None:
         raise ResultsError(f"{source}: missing top-level keys {missing}")
     for setting in ("class_il", "task_il"):
         _check_matrix(_dig(result, "accuracy", setting, "matrix"), setting, source)
+    _check_curve(_dig(result, "accuracy", "seen_classes_curve"), source)
 
 
 def _check_matrix(matrix: object, setting: str, source: Path) -> None:
@@ -95,6 +97,18 @@ def _check_matrix(matrix: object, setting: str, source: Path) -> None:
                 f"{source}: accuracy.{setting}.matrix row {t} has {len(row)} entries; "
                 f"a lower-triangular matrix needs {t + 1}"
             )
+
+
+def _check_curve(curve: object, source: Path) -> None:
+    if curve is None:
+        return
+    if not isinstance(curve, list) or not all(
+        isinstance(point, dict) and isinstance(point.get("task"), int) for point in curve
+    ):
+        raise ResultsError(
+            f"{source}: accuracy.seen_classes_curve must be a list of objects with an integer "
+            "'task'"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,6 +154,27 @@ def _difference(value: float | None, base: float | None) -> float | None:
 
 def _matrix(result: dict[str, Any], setting: str) -> list[list[Any]] | None:
     return _dig(result, "accuracy", setting, "matrix")
+
+
+def _protocol(result: dict[str, Any]) -> str:
+    """The evaluation protocol: ``seen_classes``, or ``per_task`` (results without the key)."""
+    return str(_dig(result, "accuracy", "protocol") or "per_task")
+
+
+def _seen_curve(result: dict[str, Any]) -> list[dict[str, Any]]:
+    return _dig(result, "accuracy", "seen_classes_curve") or []
+
+
+def _accuracy_points(result: dict[str, Any], setting: str = "class_il") -> list[tuple[int, float]]:
+    """(tasks learned, accuracy) after each evaluation: the row averages of the accuracy
+    matrix, or the seen-classes curve."""
+    if _protocol(result) == "seen_classes":
+        if setting != "class_il":
+            return []
+        pairs = [(p["task"] + 1, _number(p.get("class_il"))) for p in _seen_curve(result)]
+    else:
+        pairs = [(t + 1, a) for t, a in enumerate(_row_averages(_matrix(result, setting)))]
+    return [(x, y) for x, y in pairs if y is not None]
 
 
 def _row_averages(matrix: list[list[Any]] | None) -> list[float | None]:
@@ -194,6 +229,15 @@ def _percent(value: float | None) -> str:
 
 def _signed(value: float | None) -> str:
     return MISSING if value is None else f"{value:+.2f}"
+
+
+def _percent_or_na(value: float | None) -> str:
+    """Forgetting/BWT: null means the protocol does not define it (seen_classes)."""
+    return NOT_DEFINED if value is None else f"{value:.2f}"
+
+
+def _signed_or_na(value: float | None) -> str:
+    return NOT_DEFINED if value is None else f"{value:+.2f}"
 
 
 def _times(value: float | None) -> str:
@@ -267,7 +311,7 @@ COMPARE_COLUMNS: tuple[tuple[str, str, Any], ...] = (
     ("method", "Method", lambda v: MISSING if v is None else str(v)),
     ("class_il_final", "Class-IL final acc (%)", _percent),
     ("class_il_avg_incremental", "Class-IL avg incremental acc (%)", _percent),
-    ("class_il_forgetting", "Forgetting (pts)", _percent),
+    ("class_il_forgetting", "Forgetting (pts)", _percent_or_na),
     ("task_il_final", "Task-IL final acc (%)", _percent),
     ("train_gflops", "Train GFLOPs", _human),
     ("selection_gflops", "Selection GFLOPs", _human),
@@ -464,17 +508,13 @@ def _summary_table(result: dict[str, Any]) -> Table:
         ["Status", str(result.get("status") or MISSING)],
         ["Dataset", str(scenario.get("dataset") or MISSING)],
         ["Tasks", _count(_number(scenario.get("n_tasks")))],
+        ["Evaluation", _evaluation_text(result)],
     ]
-    for setting, label in (("class_il", "Class-IL"), ("task_il", "Task-IL")):
-        rows += [
-            [f"{label} final avg acc (%)", _percent(_number(acc[setting].get("final_average")))],
-            [
-                f"{label} avg incremental acc (%)",
-                _percent(_number(acc[setting].get("average_incremental"))),
-            ],
-            [f"{label} forgetting (pts)", _percent(_number(acc[setting].get("forgetting")))],
-            [f"{label} BWT (pts)", _signed(_number(acc[setting].get("bwt")))],
-        ]
+    if _protocol(result) == "seen_classes":
+        rows += _seen_classes_rows(acc["class_il"])
+    else:
+        for setting, label in (("class_il", "Class-IL"), ("task_il", "Task-IL")):
+            rows += _per_task_rows(acc[setting], label)
     cost = _compare_values(result)
     versions = (result.get("edgecl_version"), env.get("python"), env.get("torch"))
     rows += [
@@ -488,6 +528,33 @@ def _summary_table(result: dict[str, Any]) -> Table:
         ["Platform", str(env.get("platform") or MISSING)],
     ]
     return Table(["Item", "Value"], rows)
+
+
+def _per_task_rows(acc: dict[str, Any], label: str) -> list[list[str]]:
+    return [
+        [f"{label} final avg acc (%)", _percent(_number(acc.get("final_average")))],
+        [f"{label} avg incremental acc (%)", _percent(_number(acc.get("average_incremental")))],
+        [f"{label} forgetting (pts)", _percent_or_na(_number(acc.get("forgetting")))],
+        [f"{label} BWT (pts)", _signed_or_na(_number(acc.get("bwt")))],
+    ]
+
+
+def _seen_classes_rows(acc: dict[str, Any]) -> list[list[str]]:
+    return [
+        ["Class-IL final acc, all seen classes (%)", _percent(_number(acc.get("final_average")))],
+        ["Class-IL mean over the curve (%)", _percent(_number(acc.get("average_incremental")))],
+        ["Class-IL forgetting / BWT (pts)", NOT_DEFINED],
+        ["Task-IL accuracy (%)", NOT_DEFINED],
+    ]
+
+
+def _evaluation_text(result: dict[str, Any]) -> str:
+    if _protocol(result) != "seen_classes":
+        return "per task: accuracy on each task seen so far, after every task"
+    every = _dig(result, "config", "eval", "every_n_tasks")
+    cadence = f"every {every} tasks and after the last" if every and every != 1 else "every task"
+    return (f"seen classes: one accuracy on the test images of all classes seen so far, after "
+            f"{cadence} ({len(_seen_curve(result))} points)")
 
 
 def _device_text(env: dict[str, Any]) -> str:
@@ -511,7 +578,28 @@ def _matrix_table(matrix: list[list[Any]], caption: str) -> Table:
     return Table(headers, rows, caption)
 
 
+def _seen_curve_table(curve: list[dict[str, Any]]) -> Table:
+    rows = [
+        [
+            str(point["task"]),
+            _count(_number(point.get("seen_classes"))),
+            _count(_number(point.get("test_samples"))),
+            _percent(_number(point.get("class_il"))),
+        ]
+        for point in curve
+    ]
+    headers = ["After task", "Seen classes", "Test images", "Class-IL acc (%)"]
+    return Table(headers, rows, "Class-IL accuracy on all seen classes")
+
+
 def _accuracy_section(result: dict[str, Any]) -> Section:
+    if _protocol(result) == "seen_classes":
+        return Section("Accuracy", [
+            Note("Protocol seen_classes: after the listed tasks, one class-IL accuracy (%) on the "
+                 "test images of every class seen so far; forgetting, BWT and task-IL are not "
+                 "defined (n/a)."),
+            _seen_curve_table(_seen_curve(result)),
+        ])
     section = Section("Accuracy")
     section.blocks.append(
         Note("Row t: accuracy (%) on tasks 0..t after training task t; Avg is the row mean.")
@@ -764,11 +852,13 @@ def _finite_cells(grid: Any) -> list[tuple[tuple[int, int], float]]:
     ]
 
 
-def _curves_png(curves: dict[str, list[float | None]], title: str) -> str:
+def _curves_png(
+    curves: dict[str, list[tuple[int, float]]], title: str,
+    ylabel: str = "average accuracy on seen tasks (%)",
+) -> str:
     figure = _new_figure(6.4, 4.0)
     axes = figure.add_subplot()
-    for label, averages in curves.items():
-        points = [(t + 1, a) for t, a in enumerate(averages) if a is not None]
+    for label, points in curves.items():
         if points:
             xs, ys = zip(*points, strict=True)
             axes.plot(xs, ys, marker="o", label=label)
@@ -776,7 +866,7 @@ def _curves_png(curves: dict[str, list[float | None]], title: str) -> str:
 
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("tasks learned")
-    axes.set_ylabel("average accuracy on seen tasks (%)")
+    axes.set_ylabel(ylabel)
     axes.set_ylim(0, 100)
     axes.grid(alpha=0.3)
     axes.set_title(title)
@@ -809,13 +899,20 @@ def _scatter_png(points: list[tuple[str, float, float]], xlabel: str, title: str
 
 def _run_figures(result: dict[str, Any]) -> list[Block]:
     figures: list[Block] = []
-    curves: dict[str, list[float | None]] = {}
+    if _protocol(result) == "seen_classes":
+        points = _accuracy_points(result)
+        if points:
+            title = "Class-IL accuracy on all seen classes"
+            figures.append(Plot(title, _curves_png(
+                {"Class-IL": points}, title, "accuracy on seen classes (%)")))
+        return figures
+    curves: dict[str, list[tuple[int, float]]] = {}
     for setting, label in (("class_il", "Class-IL"), ("task_il", "Task-IL")):
         matrix = _matrix(result, setting)
         if matrix:
             title = f"{label} accuracy matrix (%)"
             figures.append(Plot(title, _heatmap_png(matrix, title)))
-            curves[label] = _row_averages(matrix)
+            curves[label] = _accuracy_points(result, setting)
     if curves:
         title = "Average accuracy after each task"
         figures.append(Plot(title, _curves_png(curves, title)))
@@ -832,11 +929,14 @@ def run_html(result: dict[str, Any]) -> str:
 
 def _compare_figures(results: Sequence[dict[str, Any]]) -> list[Block]:
     rows = compare_table(results)
-    curves = {_run_label(r): _row_averages(_matrix(r, "class_il")) for r in results}
+    curves = {_run_label(r): _accuracy_points(r) for r in results}
     figures: list[Block] = []
-    if any(any(a is not None for a in c) for c in curves.values()):
+    if any(curves.values()):
         title = "Class-IL average accuracy after each task"
-        figures.append(Plot(title, _curves_png(curves, title)))
+        ylabel = "average accuracy on seen tasks (%)"
+        if any(_protocol(r) == "seen_classes" for r in results):
+            ylabel = "class-IL accuracy on seen tasks/classes (%)"
+        figures.append(Plot(title, _curves_png(curves, title, ylabel)))
     compute = [_scaled(_training_flops(r), 1e9) for r in results]
     memory = [row["train_footprint_mib"] for row in rows]
     axes_specs = (

@@ -28,13 +28,16 @@ from torch import nn
 from edgecl import __version__
 from edgecl.config import MethodSpec, RunConfig, TrainConfig
 from edgecl.data import load_dataset, resolve_data_root
+from edgecl.data.core50 import CORE50_INFO, core50_scenario
 from edgecl.data.loader import iterate_batches, num_batches
 from edgecl.data.scenarios import Scenario, class_incremental
 from edgecl.data.transforms import BatchTransform, eval_transform, train_transform
 from edgecl.methods import method_class
 from edgecl.methods.base import Batch, BenchmarkInfo, Method, NonFiniteLossError, TaskInfo
 from edgecl.metrics.accuracy import (
+    Accuracy,
     AccuracyMatrix,
+    SeenClassesCurve,
     class_il_predictions,
     percent_correct,
     task_il_predictions,
@@ -81,6 +84,20 @@ class BackboneBundle:
     std: tuple[float, ...]
 
 
+def configured_img_size(cfg: RunConfig) -> int:
+    """The input resolution the config asks for: ``backbone.img_size``, else the named
+    backbone's default (a ViT checkpoint's own resolution can still differ: the built
+    backbone's ``img_size`` is the one the transforms use)."""
+    if cfg.backbone.img_size:
+        return cfg.backbone.img_size
+    name = cfg.backbone.name
+    if name.startswith("vit"):
+        from edgecl.backbones.vit import VIT_PRESETS
+
+        return VIT_PRESETS[name].img_size if name in VIT_PRESETS else 224
+    return 32 if name == "resnet18_cifar" else 224
+
+
 def build_backbone(cfg: RunConfig) -> BackboneBundle:
     name = cfg.backbone.name
     if name.startswith("vit"):
@@ -97,15 +114,29 @@ def build_backbone(cfg: RunConfig) -> BackboneBundle:
 
     pretrained = cfg.backbone.weights != "random"
     net = build_cnn(name, pretrained=pretrained)
+    size = configured_img_size(cfg)
     if name == "resnet18_cifar":
-        return BackboneBundle(net, cfg.backbone.img_size or 32, *CIFAR_MEAN_STD)
+        return BackboneBundle(net, size, *CIFAR_MEAN_STD)
     mean = tuple(getattr(net, "mean", IMAGENET_MEAN_STD[0]))
     std = tuple(getattr(net, "std", IMAGENET_MEAN_STD[1]))
-    return BackboneBundle(net, cfg.backbone.img_size or 224, mean, std)
+    return BackboneBundle(net, size, mean, std)
+
+
+def core50_decode_size(cfg: RunConfig) -> int:
+    """CORe50 images are 128 px: decoded at the backbone's resolution when it is smaller, else
+    at 128 (the batched transforms resize every batch to the backbone's input size, so a
+    224 px ViT gets upsampled 128 px images, without storing them at 224 px)."""
+    return min(CORE50_INFO["image_size"], configured_img_size(cfg))
 
 
 def build_scenario(cfg: RunConfig) -> Scenario:
     d = cfg.data
+    if d.dataset == "core50":
+        return core50_scenario(
+            d.root, scenario=d.core50_scenario, run=d.core50_run,
+            image_size=core50_decode_size(cfg), test_stride=d.core50_test_stride,
+            max_batches=d.core50_max_batches,
+        )
     extra = {"path": d.path, "image_size": cfg.backbone.img_size or 224} if d.path else {}
     train = load_dataset(d.dataset, "train", root=d.root, download=d.download, **extra)
     test = load_dataset(d.dataset, "test", root=d.root, download=d.download, **extra)
@@ -158,30 +189,77 @@ def epoch_seed(seed: int, task: int, epoch: int) -> int:
 
 
 # ---- evaluation --------------------------------------------------------------------------
+def seen_class_count(scenario: Scenario, t: int) -> int:
+    """Classes seen in tasks 0..t. Both scenario builders number classes in stream order, so
+    the seen classes are ``0..n-1``; a task of known classes only (a CORe50 NIC batch) adds
+    none, so this is the maximum over tasks 0..t, not task t's own maximum."""
+    return max(int(task.classes.max()) + 1 for task in scenario.tasks[: t + 1])
+
+
+@torch.no_grad()
+def predictions(
+    method: Method, scenario: Scenario, indices: np.ndarray, transform: BatchTransform,
+    batch_size: int, device: torch.device, n_seen: int, task_classes: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Class-IL predictions (argmax over classes ``0..n_seen-1``), task-IL predictions (argmax
+    over ``task_classes``; None without them) and targets on ``scenario.test[indices]``."""
+    preds_c, preds_t, targets = [], [], []
+    for x, y, _ in iterate_batches(
+        scenario.test, indices, batch_size, transform=transform, shuffle=False, seed=0,
+    ):
+        logits = method.predict(x.to(device))
+        preds_c.append(class_il_predictions(logits, n_seen).cpu())
+        if task_classes is not None:
+            preds_t.append(task_il_predictions(logits, task_classes).cpu())
+        targets.append(y)
+    return torch.cat(preds_c), torch.cat(preds_t) if preds_t else None, torch.cat(targets)
+
+
 @torch.no_grad()
 def evaluate(
     method: Method, scenario: Scenario, t: int, transform: BatchTransform, batch_size: int,
     meter: CostMeter, device: torch.device,
-) -> tuple[list[float], list[float]]:
-    """Class-IL and task-IL accuracy on each task 0..t after training task t."""
-    n_seen = int(scenario.tasks[t].classes.max()) + 1
-    class_il, task_il = [], []
+) -> tuple[list[Accuracy], list[Accuracy]]:
+    """Class-IL and task-IL accuracy on each task 0..t after training task t (protocol
+    ``per_task``); None for a task without test images."""
+    n_seen = seen_class_count(scenario, t)
+    class_il: list[Accuracy] = []
+    task_il: list[Accuracy] = []
     with meter.phase("eval"):
         for task in scenario.tasks[: t + 1]:
+            if len(task.test_indices) == 0:
+                class_il.append(None)
+                task_il.append(None)
+                continue
             classes = torch.as_tensor(task.classes, device=device)
-            preds_c, preds_t, targets = [], [], []
-            for x, y, _ in iterate_batches(
-                scenario.test, task.test_indices, batch_size,
-                transform=transform, shuffle=False, seed=0,
-            ):
-                logits = method.predict(x.to(device))
-                preds_c.append(class_il_predictions(logits, n_seen).cpu())
-                preds_t.append(task_il_predictions(logits, classes).cpu())
-                targets.append(y)
-            target = torch.cat(targets)
-            class_il.append(percent_correct(torch.cat(preds_c), target))
-            task_il.append(percent_correct(torch.cat(preds_t), target))
+            pred_c, pred_t, target = predictions(
+                method, scenario, task.test_indices, transform, batch_size, device, n_seen,
+                classes)
+            class_il.append(percent_correct(pred_c, target))
+            task_il.append(percent_correct(pred_t, target))
     return class_il, task_il
+
+
+def seen_test_indices(scenario: Scenario, t: int) -> np.ndarray:
+    """Test images of every class seen in tasks 0..t (each task holds those it introduced)."""
+    return np.concatenate([task.test_indices for task in scenario.tasks[: t + 1]])
+
+
+@torch.no_grad()
+def evaluate_seen_classes(
+    method: Method, scenario: Scenario, t: int, transform: BatchTransform, batch_size: int,
+    meter: CostMeter, device: torch.device,
+) -> tuple[int, int, Accuracy]:
+    """(classes seen, test images, class-IL accuracy on them) after task t (protocol
+    ``seen_classes``); accuracy None if the seen classes have no test image."""
+    n_seen = seen_class_count(scenario, t)
+    indices = seen_test_indices(scenario, t)
+    if len(indices) == 0:
+        return n_seen, 0, None
+    with meter.phase("eval"):
+        pred, _, target = predictions(
+            method, scenario, indices, transform, batch_size, device, n_seen)
+    return n_seen, len(indices), percent_correct(pred, target)
 
 
 # ---- one method --------------------------------------------------------------------------
@@ -227,9 +305,11 @@ class MethodRun:
         self.backbone = backbone
         self.meter.watch_parameters([self.method.modules, backbone])
         self.cil, self.til = AccuracyMatrix(), AccuracyMatrix()
+        self.seen_curve = SeenClassesCurve()
         self.per_task: list[dict[str, Any]] = []
         self.memory_peaks: dict[str, int] = {}
         self.train_samples = 0
+        self.task_start = self.counters()  # the counters when the current task began
         self.position = {"task": 0, "epoch": 0, "batch": 0, "step": 0}
         self.epoch_indices = np.zeros(0, dtype=np.int64)
         self.elapsed_before = 0.0
@@ -237,6 +317,14 @@ class MethodRun:
     @property
     def checkpoint_path(self) -> Path:
         return self.run_dir / "checkpoint.pt"
+
+    def counters(self) -> dict[str, float]:
+        """Cumulative training samples, FLOPs and seconds (per-task figures are differences)."""
+        return {
+            "samples": self.train_samples,
+            "flops": self.meter.flops_summary(0)["train"]["total"],
+            "time_s": self.meter.time_summary(0)["train_total"],
+        }
 
     def task_info(self, t: int) -> TaskInfo:
         return TaskInfo(
@@ -251,8 +339,10 @@ class MethodRun:
             "position": dict(self.position),
             "epoch_indices": self.epoch_indices,
             "class_il": self.cil.rows, "task_il": self.til.rows,
+            "seen_classes_curve": self.seen_curve.points,
             "per_task": self.per_task, "memory_peaks": self.memory_peaks,
             "train_samples": self.train_samples,
+            "task_start": self.task_start,
             "meter": {
                 "flops": dict(self.meter.flops), "seconds": dict(self.meter.seconds),
                 "saved": self.meter.saved_bytes_per_step,
@@ -279,8 +369,10 @@ class MethodRun:
             self.method.begin_task(self.task_info(t - 1))
         self.method.load_state_dict(state["method"])
         self.cil.rows, self.til.rows = state["class_il"], state["task_il"]
+        self.seen_curve.points = state["seen_classes_curve"]
         self.per_task, self.memory_peaks = state["per_task"], state["memory_peaks"]
         self.train_samples = state["train_samples"]
+        self.task_start = state["task_start"]
         self.meter.flops.update(state["meter"]["flops"])
         self.meter.seconds.update(state["meter"]["seconds"])
         self.meter.saved_bytes_per_step = state["meter"]["saved"]
@@ -296,9 +388,7 @@ class MethodRun:
             self.method.begin_task(task)
             # methods may grow parameters per task: keep them out of activation memory
             self.meter.watch_parameters([self.method.modules, self.backbone])
-        flops_before = self.meter.flops_summary(0)["train"]["total"]
-        time_before = self.meter.time_summary(0)["train_total"]
-        samples_before = self.train_samples
+            self.task_start = self.counters()
         for epoch in range(pos["epoch"], self.train_cfg.epochs):
             if pos["step"] >= task.n_steps:
                 break
@@ -308,12 +398,13 @@ class MethodRun:
             self.train_epoch(task, epoch, wall_start)
             pos = self.position = {**self.position, "epoch": epoch + 1, "batch": 0}
         self.method.end_task(task)
+        start, done = self.task_start, self.counters()
         self.per_task.append({
             "task": t,
             "train_steps": self.position["step"],
-            "train_samples": self.train_samples - samples_before,
-            "train_flops": self.meter.flops_summary(0)["train"]["total"] - flops_before,
-            "train_time_s": self.meter.time_summary(0)["train_total"] - time_before,
+            "train_samples": done["samples"] - start["samples"],
+            "train_flops": done["flops"] - start["flops"],
+            "train_time_s": done["time_s"] - start["time_s"],
         })
         for key, value in self.method.memory_breakdown().items():
             self.memory_peaks[key] = max(self.memory_peaks.get(key, 0), value)
@@ -347,6 +438,11 @@ class MethodRun:
             batches.close()
 
     def evaluate_task(self, t: int) -> None:
+        """Evaluate after task t as ``cfg.eval`` asks (per_task: every task)."""
+        if self.cfg.eval.protocol == "seen_classes":
+            if self.cfg.eval.due(t, len(self.scenario.tasks)):
+                self.evaluate_seen_classes(t)
+            return
         before = self.meter.seconds["eval"]
         cil, til = evaluate(
             self.method, self.scenario, t, self.eval_tf, self.train_cfg.eval_batch_size,
@@ -355,7 +451,17 @@ class MethodRun:
         self.cil.add_row(cil)
         self.til.add_row(til)
         self.per_task[-1]["eval_time_s"] = self.meter.seconds["eval"] - before
-        self.per_task[-1]["class_il_average"] = float(np.mean(cil))
+        self.per_task[-1]["class_il_average"] = self.cil.final_average()
+
+    def evaluate_seen_classes(self, t: int) -> None:
+        before = self.meter.seconds["eval"]
+        n_seen, n_test, acc = evaluate_seen_classes(
+            self.method, self.scenario, t, self.eval_tf, self.train_cfg.eval_batch_size,
+            self.meter, self.device,
+        )
+        self.seen_curve.add_point(t, n_seen, n_test, acc)
+        self.per_task[-1]["eval_time_s"] = self.meter.seconds["eval"] - before
+        self.per_task[-1]["class_il_seen_classes"] = acc
 
     def run(self, resume: bool) -> dict[str, Any]:
         if resume and self.checkpoint_path.exists():
@@ -422,6 +528,16 @@ class MethodRun:
                     "and an assumed power; 'measured' is NVML GPU energy when available",
         }
 
+    def accuracy_summary(self) -> dict[str, Any]:
+        if self.cfg.eval.protocol == "seen_classes":
+            return {
+                "protocol": "seen_classes",
+                "class_il": self.seen_curve.summary(),
+                "task_il": None,
+                "seen_classes_curve": self.seen_curve.points,
+            }
+        return {"class_il": self.cil.summary(), "task_il": self.til.summary()}
+
     def results(self, wall: float, measured_joules: float | None) -> dict[str, Any]:
         flops = self.meter.flops_summary(self.train_samples)
         sparse = self.method.extra_results().get("sparse_flops")
@@ -438,6 +554,7 @@ class MethodRun:
             "config": {
                 **self.cfg.model_dump(exclude={"methods"}),
                 "method": self.spec.model_dump(),
+                "method_params": self.method.params.model_dump(),  # defaults resolved
                 "train": self.train_cfg.model_dump(),
                 "optim": self.spec.optim_config(self.cfg.optim).model_dump(),
             },
@@ -450,7 +567,7 @@ class MethodRun:
                 "train_samples_per_task": [len(ix) for ix in self.task_train],
                 "test_samples_per_task": [len(t.test_indices) for t in tasks],
             },
-            "accuracy": {"class_il": self.cil.summary(), "task_il": self.til.summary()},
+            "accuracy": self.accuracy_summary(),
             "cost": {
                 "flops": flops,
                 "memory": memory,

@@ -1,4 +1,5 @@
-"""CORe50 loader and NICv2-391 scenario on a tiny synthetic tree with the real layout."""
+"""CORe50 loader and NICv2-391 scenario on a tiny synthetic tree with the real layout
+(``make_core50_tree`` and the ``core50_root`` fixture: tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from edgecl.data.base import DataError
 from edgecl.data.core50 import (
@@ -15,53 +15,6 @@ from edgecl.data.core50 import (
     first_appearance_order,
     load_core50,
 )
-
-TRAIN_SESSIONS, TEST_SESSION = (1, 2, 4), 3
-OBJECTS = (1, 2, 3, 4, 5)
-
-
-def image_path(session: int, obj: int, frame: int) -> str:
-    return f"s{session}/o{obj}/C_{session:02d}_{obj:02d}_{frame:03d}.png"
-
-
-def write_image(root: Path, rel: str, value: int) -> None:
-    path = root / "core50_128x128" / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((8, 8, 3), value, dtype=np.uint8)).save(path)
-
-
-def make_tree(root: Path, pad: int = 2) -> list[list[tuple[str, int]]]:
-    """391 batches: batch 0 holds o2 and o1 from s1; later batches one image each, new
-    objects o3 (batch 1), o4 and o5 (batch 5 and 6); the test list is session 3."""
-    pool = [(image_path(s, o, f), o - 1) for s in TRAIN_SESSIONS for o in OBJECTS
-            for f in range(70)]
-    first = [(image_path(1, 2, 0), 1), (image_path(1, 1, 0), 0), (image_path(1, 2, 1), 1)]
-    rest = [e for e in pool if e[1] in (0, 1) and e not in first]
-    batches: list[list[tuple[str, int]]] = [first]
-    specials = {1: (image_path(2, 3, 0), 2), 5: (image_path(2, 4, 0), 3),
-                6: (image_path(4, 5, 0), 4)}
-    for i in range(1, 391):
-        batches.append([specials.get(i) or rest.pop()])
-    runs = root / "NIC_v2_391" / "run0"
-    runs.mkdir(parents=True)
-    for i, batch in enumerate(batches):
-        name = f"train_batch_{str(i).zfill(pad)}_filelist.txt"
-        (runs / name).write_text("".join(f"{p} {label}\n" for p, label in batch))
-        for p, label in batch:
-            write_image(root, p, 10 * label + 5)
-    test = [(image_path(TEST_SESSION, o, f), o - 1) for o in OBJECTS for f in range(4)]
-    (runs / "test_filelist.txt").write_text("".join(f"{p} {label}\n" for p, label in test))
-    for p, label in test:
-        write_image(root, p, 10 * label + 5)
-    return batches
-
-
-@pytest.fixture()
-def core50_root(tmp_path: Path, monkeypatch) -> Path:
-    monkeypatch.setenv("EDGECL_CACHE", str(tmp_path / "cache"))
-    root = tmp_path / "data"
-    make_tree(root / "core50")
-    return root
 
 
 def test_load_core50_splits(core50_root: Path) -> None:

@@ -112,3 +112,41 @@ def test_joint_trains_on_the_union_of_seen_tasks():
     union = train_indices(scenario, 1, cumulative=True)
     assert sorted(union.tolist()) == list(range(40))
     assert len(train_indices(scenario, 1, cumulative=False)) == 20
+
+
+def test_cosine_lr_schedule_continues_after_loading_a_mid_task_state():
+    # cosine over 4 steps from lr 0.1: lr before step k is 0.05 * (1 + cos(pi * k / 4))
+    expected = [0.05 * (1 + math.cos(math.pi * k / 4)) for k in range(5)]
+    optim = OptimConfig(name="sgd", lr=0.1, lr_schedule="cosine")
+    task = TaskInfo(0, torch.tensor([0, 1]), 8, 4)
+
+    def lr(m: Finetune) -> float:
+        return m.optimizer.param_groups[0]["lr"]
+
+    first = Finetune(Finetune.Params(), optim)
+    first.setup(TinyBackbone(), info())
+    first.begin_task(task)
+    for k in range(2):
+        assert lr(first) == pytest.approx(expected[k])
+        first.observe(batch(4, seed=k))
+    state = first.state_dict()
+
+    resumed = Finetune(Finetune.Params(), optim)
+    resumed.setup(TinyBackbone(), info())
+    resumed.begin_task(task)
+    resumed.load_state_dict(state)
+    for k in range(2, 4):
+        assert lr(resumed) == pytest.approx(expected[k])
+        resumed.observe(batch(4, seed=k))
+        first.observe(batch(4, seed=k))
+        assert lr(resumed) == pytest.approx(expected[k + 1])
+    for a, b in zip(first.modules.parameters(), resumed.modules.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_task_of_known_classes_only_keeps_all_seen_classes():
+    m = Finetune(Finetune.Params(), OptimConfig(name="sgd", lr=0.1))
+    m.setup(TinyBackbone(), info())
+    m.begin_task(TaskInfo(0, torch.tensor([0, 1, 2]), 4, 1))
+    m.begin_task(TaskInfo(1, torch.tensor([0, 1]), 4, 1))  # e.g. a CORe50 NIC batch
+    assert m.seen_classes == 3

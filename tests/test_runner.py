@@ -95,6 +95,10 @@ def test_results_json_has_every_field(tiny_results):
         assert sum(t["train_flops"] for t in res["per_task"]) == train["total"]
         assert res["environment"]["torch"] == torch.__version__
     finetune, er = results
+    # the method's hyper-parameters are recorded with their defaults resolved
+    assert er["config"]["method"]["buffer_size"] == 6
+    assert er["config"]["method_params"]["buffer_size"] == 6
+    assert set(er["config"]["method_params"]) >= {"buffer_size", "replay_batch_size"}
     # momentum SGD keeps one buffer per parameter; ER stores 6 raw 32x32x3 images + labels
     assert finetune["cost"]["memory"]["optimizer_state_bytes"] == (
         finetune["cost"]["memory"]["parameter_bytes"])

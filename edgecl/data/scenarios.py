@@ -53,7 +53,7 @@ class Scenario:
     def classes_seen(self, t: int) -> np.ndarray:
         """Sorted remapped ids of all classes of tasks 0..t."""
         self._check_task(t)
-        return np.concatenate([task.classes for task in self.tasks[: t + 1]])
+        return np.unique(np.concatenate([task.classes for task in self.tasks[: t + 1]]))
 
     def task_of_class(self) -> np.ndarray:
         """``(num_classes,)`` int64: the task index each remapped class belongs to."""

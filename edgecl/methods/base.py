@@ -134,14 +134,17 @@ class Method:
     def begin_task(self, task: TaskInfo) -> None:
         self.task_index = task.index
         self.current_classes = task.classes.to(self.device)
-        self.seen_classes = int(task.classes.max()) + 1
+        # a task may bring only known classes (a CORe50 NIC batch): never shrink
+        self.seen_classes = max(self.seen_classes, int(task.classes.max()) + 1)
         if self.optimizer is None or self.optim_cfg.reset_each_task:
             self.optimizer = make_optimizer(self.trainable_parameters(), self.optim_cfg)
-            self.scheduler = None
-            if self.optim_cfg.lr_schedule == "cosine":
-                self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-                    self.optimizer, T_max=max(1, task.n_steps)
-                )
+            self.scheduler = self._make_scheduler(max(1, task.n_steps))
+
+    def _make_scheduler(self, n_steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+        """The per-task lr schedule over ``n_steps`` steps (None: constant lr)."""
+        if self.optim_cfg.lr_schedule != "cosine":
+            return None
+        return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=n_steps)
 
     def begin_epoch(self, task: TaskInfo, epoch: int, indices: np.ndarray) -> np.ndarray:
         """The dataset indices to train on in this epoch (default: all of the task's).
@@ -239,10 +242,15 @@ class Method:
         self.load_extra_state(state["extra"])  # first: may re-create modules
         self.modules.load_state_dict(state["modules"])
         if state["optimizer"] is not None:
+            # A fresh optimizer needs a fresh scheduler bound to it (the one begin_task made
+            # drives the old optimizer). The optimizer state is loaded after the scheduler is
+            # built, so the saved lr and initial_lr win over the scheduler's initial step.
             self.optimizer = make_optimizer(self.trainable_parameters(), self.optim_cfg)
+            saved = state["scheduler"]
+            self.scheduler = self._make_scheduler(saved["T_max"]) if saved else None
             self.optimizer.load_state_dict(state["optimizer"])
-        if state["scheduler"] is not None and self.scheduler is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(saved)
         self.rng.set_state(state["rng"])
         self.task_index = state["task_index"]
         self.seen_classes = state["seen_classes"]

@@ -34,7 +34,7 @@ class NCM(Method):
 
     def begin_task(self, task) -> None:
         self.task_index = task.index
-        self.seen_classes = int(task.classes.max()) + 1
+        self.seen_classes = max(self.seen_classes, int(task.classes.max()) + 1)
 
     def features(self, x: Tensor) -> Tensor:
         f = self.backbone(x)

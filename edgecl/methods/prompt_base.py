@@ -169,3 +169,4 @@ class PromptMethod(Method):
         # At evaluation the query pass stays in the runner's ``eval`` phase.
         logits, _ = self.forward_logits(x, self.query(x), training=False)
         return logits
+

@@ -1,55 +1,75 @@
 """Accuracy matrix and the continual-learning summaries computed from it.
 
-``A[t][i]`` is the accuracy (percent) on task ``i`` after training task ``t`` (``i <= t``).
+``A[t][i]`` is the accuracy (percent) on task ``i`` after training task ``t`` (``i <= t``), or
+None when task ``i`` has no test images (a CORe50 batch that brings no new class): such
+entries are left out of every mean, and a summary with nothing to average is None.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
 
+Accuracy = float | None
+
+
+def mean_defined(values: Sequence[Accuracy]) -> Accuracy:
+    """Mean of the entries that are not None; None if there are none."""
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else None
+
 
 @dataclass
 class AccuracyMatrix:
-    rows: list[list[float]] = field(default_factory=list)
+    rows: list[list[Accuracy]] = field(default_factory=list)
 
-    def add_row(self, accuracies: list[float]) -> None:
+    def add_row(self, accuracies: Sequence[Accuracy]) -> None:
         if len(accuracies) != len(self.rows) + 1:
             raise ValueError(
                 f"row {len(self.rows)} needs {len(self.rows) + 1} task accuracies, "
                 f"got {len(accuracies)}"
             )
-        self.rows.append([float(a) for a in accuracies])
+        self.rows.append([None if a is None else float(a) for a in accuracies])
 
     @property
     def n_tasks(self) -> int:
         return len(self.rows)
 
-    def final_average(self) -> float:
-        return float(np.mean(self.rows[-1])) if self.rows else float("nan")
+    def final_average(self) -> Accuracy:
+        return mean_defined(self.rows[-1]) if self.rows else float("nan")
 
-    def average_incremental(self) -> float:
-        return float(np.mean([np.mean(r) for r in self.rows])) if self.rows else float("nan")
+    def average_incremental(self) -> Accuracy:
+        if not self.rows:
+            return float("nan")
+        return mean_defined([mean_defined(r) for r in self.rows])
 
-    def forgetting(self) -> float:
+    def _tested_before_last(self) -> list[int]:
+        """Tasks i < T with test images (their column has no None)."""
+        last = len(self.rows) - 1
+        return [i for i in range(last) if self.rows[last][i] is not None]
+
+    def forgetting(self) -> Accuracy:
         """mean over i < T of (max_{t<T} A[t][i] − A[T][i]); 0 with a single task."""
         last = len(self.rows) - 1
         if last < 1:
             return 0.0
         drops = [
-            max(self.rows[t][i] for t in range(i, last)) - self.rows[last][i] for i in range(last)
+            max(self.rows[t][i] for t in range(i, last)) - self.rows[last][i]
+            for i in self._tested_before_last()
         ]
-        return float(np.mean(drops))
+        return mean_defined(drops)
 
-    def bwt(self) -> float:
+    def bwt(self) -> Accuracy:
         """Backward transfer: mean over i < T of (A[T][i] − A[i][i])."""
         last = len(self.rows) - 1
         if last < 1:
             return 0.0
-        return float(np.mean([self.rows[last][i] - self.rows[i][i] for i in range(last)]))
+        return mean_defined(
+            [self.rows[last][i] - self.rows[i][i] for i in self._tested_before_last()])
 
     def summary(self) -> dict:
         return {
@@ -58,6 +78,34 @@ class AccuracyMatrix:
             "average_incremental": self.average_incremental(),
             "forgetting": self.forgetting(),
             "bwt": self.bwt(),
+        }
+
+
+@dataclass
+class SeenClassesCurve:
+    """Class-IL accuracy on the test images of every class seen so far, at some task ends.
+
+    The CORe50 NIC protocol (AR1*, ViT-LR): one accuracy over a growing test set instead of a
+    per-task matrix, so forgetting and BWT are not defined (None).
+    """
+
+    points: list[dict] = field(default_factory=list)
+
+    def add_point(self, task: int, n_classes: int, n_test: int, accuracy: Accuracy) -> None:
+        if self.points and task <= self.points[-1]["task"]:
+            raise ValueError(f"curve points must follow task order; got task {task} after "
+                             f"{self.points[-1]['task']}")
+        self.points.append({"task": task, "seen_classes": n_classes, "test_samples": n_test,
+                            "class_il": None if accuracy is None else float(accuracy)})
+
+    def summary(self) -> dict:
+        accuracies = [p["class_il"] for p in self.points]
+        return {
+            "matrix": None,
+            "final_average": accuracies[-1] if accuracies else None,
+            "average_incremental": mean_defined(accuracies),
+            "forgetting": None,
+            "bwt": None,
         }
 
 
