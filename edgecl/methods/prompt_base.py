@@ -169,4 +169,3 @@ class PromptMethod(Method):
         # At evaluation the query pass stays in the runner's ``eval`` phase.
         logits, _ = self.forward_logits(x, self.query(x), training=False)
         return logits
-
