@@ -133,9 +133,7 @@ def test_query_cache_hit_returns_identical_queries_and_skips_the_selection_flops
         cached = method.query_cache.get(batch(0, 0).index).clone()
         method.observe(batch(0, 1))
         assert meter.flops["selection"] == 2 * first > 0
-        method.training_batch = batch(0, 2)  # epoch 2: the images of step 0 again
-        hit = method.query(batch(0, 2).x)
-        method.training_batch = None
+        hit = method.training_query(batch(0, 2))  # epoch 2: the images of step 0 again
         assert torch.equal(hit, cached)
         method.observe(batch(0, 2))
         assert meter.flops["selection"] == 2 * first  # no selection pass at all

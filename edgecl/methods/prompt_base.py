@@ -126,6 +126,10 @@ class PromptMethod(Method):
     def query(self, x: Tensor) -> Tensor:
         return self.query_model(x)
 
+    def training_query(self, batch: Batch) -> Tensor:
+        """The query of a training batch (a method may serve it from a per-sample cache)."""
+        return self.query(batch.x)
+
     def head_features(self, out: ViTOutput) -> Tensor:
         if self.params.head_input == "cls":
             return out.cls
@@ -157,7 +161,7 @@ class PromptMethod(Method):
 
     def observe(self, batch: Batch) -> StepStats:
         with self.meter.phase("selection"):
-            query = self.query(batch.x)
+            query = self.training_query(batch)
         with self.meter.phase("forward"):
             logits, prompted = self.forward_logits(batch.x, query, training=True)
             loss = F.cross_entropy(self.train_logits(logits), batch.y) + prompted.aux_loss

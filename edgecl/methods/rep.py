@@ -185,7 +185,6 @@ class REPMixin(PromptMethod):
     def setup(self, backbone: nn.Module, info: BenchmarkInfo) -> None:
         self.rep_step = 0
         self.task_step = 0
-        self.training_batch: Batch | None = None
         self.query_cache = FeatureCache("fp32")
         super().setup(backbone, info)
         p = self.params
@@ -218,10 +217,9 @@ class REPMixin(PromptMethod):
         self.meter.add_flops("forward", n)
 
     # ---- queries -----------------------------------------------------------------------------
-    def query(self, x: Tensor) -> Tensor:
-        batch = self.training_batch
-        if batch is None or not self.params.cache_queries:
-            return super().query(x)
+    def training_query(self, batch: Batch) -> Tensor:
+        if not self.params.cache_queries:
+            return super().training_query(batch)
         if batch.raw is None or batch.index is None:
             raise ValueError(f"{self.name}: cache_queries needs batch.raw and batch.index")
         return self.query_cache.fetch(batch.index, batch.raw, self.raw_query).to(self.device)
@@ -245,12 +243,8 @@ class REPMixin(PromptMethod):
         return hooks
 
     def observe(self, batch: Batch) -> StepStats:
-        self.training_batch = batch  # the host's observe asks self.query for this batch
         self.last_skip = []
-        try:
-            stats = super().observe(batch)
-        finally:
-            self.training_batch = None
+        stats = super().observe(batch)
         self.rep_step += 1
         self.task_step += 1
         stats.extra["layers_run"] = float(self.vit.depth - len(self.last_skip))
