@@ -307,7 +307,7 @@ def main() -> None:
         "value divided by the method's. "
         + ("" if with_derpp else "DER++ skipped: edgecl.methods.derpp did not import. ")
         + f"Total wall time {wall / 60:.1f} min; 1-min load average before/after "
-        f"{load_before[0]:.1f}/{load_after[0]:.1f} on {os.cpu_count()} cores (shared machine)."
+        f"{load_before[0]:.1f}/{load_after[0]:.1f} on {os.cpu_count()} cores."
     )
     md = f"# Frozen-prefix methods, reduced profile\n\n`{command}`\n\n{note}\n\n{table}\n\n"
     md += compare_markdown(results)
