@@ -19,13 +19,12 @@ runs/sparcl_bench and a killed run resumes from them.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import math
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,28 +85,6 @@ def probe_threads(img: int, batch: int) -> dict[str, Any]:
     best = min(times, key=times.get)
     torch.set_num_threads(best)
     return {"chosen": best, "step_seconds": {str(k): v for k, v in times.items()}}
-
-
-@contextlib.contextmanager
-def merged_extra_results() -> Iterator[None]:
-    """Merge ``method.extra_results()["sparse_flops"]`` into results.json (cost.flops.sparse).
-
-    Stand-in for the one-line runner change (a no-op once the runner does it itself).
-    """
-    original = runner.MethodRun.results
-
-    def results(self: runner.MethodRun, wall: float, joules: float | None) -> dict[str, Any]:
-        res = original(self, wall, joules)
-        extra = getattr(self.method, "extra_results", dict)()
-        if "sparse_flops" in extra:
-            res["cost"]["flops"].setdefault("sparse", extra["sparse_flops"])
-        return res
-
-    runner.MethodRun.results = results  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        runner.MethodRun.results = original  # type: ignore[method-assign]
 
 
 def seed_config(cfg: RunConfig, seed: int) -> RunConfig:
@@ -499,8 +476,7 @@ def main() -> None:
     if args.fresh and args.work_dir.exists():
         shutil.rmtree(args.work_dir)
     cfg = benchmark_config(threads)
-    with merged_extra_results():
-        results = runner.run(cfg, args.work_dir, resume=True)
+    results = runner.run(cfg, args.work_dir, resume=True)
     rows = [row_of(r) for r in results]
     add_ratios(rows)
     target = target_check(rows, cfg)
@@ -508,12 +484,11 @@ def main() -> None:
     if args.extra_seeds:
         by_seed = {cfg.seed: rows}
         for seed in range(cfg.seed + 1, cfg.seed + 1 + args.extra_seeds):
-            with merged_extra_results():
-                extra = runner.run(
-                    seed_config(cfg, seed),
-                    args.work_dir.with_name(f"{args.work_dir.name}_seed{seed}"),
-                    resume=True,
-                )
+            extra = runner.run(
+                seed_config(cfg, seed),
+                args.work_dir.with_name(f"{args.work_dir.name}_seed{seed}"),
+                resume=True,
+            )
             by_seed[seed] = [row_of(r) for r in extra]
             add_ratios(by_seed[seed])
         spread = seed_spread(by_seed)

@@ -426,6 +426,10 @@ def test_sparcl_on_real_data_removes_steps(cifar100_root, tmp_path):
         torch.set_num_threads(threads)  # the run sets 1 thread; leave the session as it was
     # 16 examples per task, batch 8: 2 + (12 left) 2 + (8 left) 1 steps instead of 6
     assert [p["train_steps"] for p in res["per_task"]] == [5, 5]
+    # the RigL-style count lands in results.json, below the FLOPs the dense kernels executed
+    sparse = res["cost"]["flops"]["sparse"]
+    assert sparse["accounting"] == "rigl" and sparse["steps"] == 10
+    assert 0 < sparse["train"]["total"] < res["cost"]["flops"]["train"]["total"]
     assert (
         json.loads((Path(tmp_path) / "run" / "sparcl" / "results.json").read_text())["status"]
         == "completed"
