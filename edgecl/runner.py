@@ -99,6 +99,15 @@ def configured_img_size(cfg: RunConfig) -> int:
 
 
 def build_backbone(cfg: RunConfig) -> BackboneBundle:
+    """The configured backbone. Random initialisations (a from-scratch CNN, ``weights:
+    random``) draw from torch's generator seeded with ``cfg.seed``, so the backbone depends on
+    the config alone, not on what ran earlier in the process; the caller's RNG is untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return _backbone_of(cfg)
+
+
+def _backbone_of(cfg: RunConfig) -> BackboneBundle:
     name = cfg.backbone.name
     if name.startswith("vit"):
         from edgecl.backbones.weights import build_vit

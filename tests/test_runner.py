@@ -14,9 +14,9 @@ import pytest
 import torch
 import yaml
 
-from edgecl.config import ConfigError, load_config
+from edgecl.config import ConfigError, RunConfig, load_config
 from edgecl.methods.base import NonFiniteLossError
-from edgecl.runner import run
+from edgecl.runner import build_backbone, run
 
 TINY = {
     "name": "tiny",
@@ -227,3 +227,16 @@ def test_cli_compare_and_report(tiny_results, tmp_path):
     assert res.returncode == 0 and "report.html" in res.stdout
     res = cli("report", str(tmp_path / "missing"))
     assert res.returncode == 2
+
+
+def test_a_from_scratch_backbone_depends_on_the_seed_only():
+    cfg = RunConfig(seed=3, backbone={"name": "resnet18_cifar"})
+    first = build_backbone(cfg).module.state_dict()
+    torch.randn(1000)  # whatever ran before in the process must not matter
+    before = torch.get_rng_state()
+    second = build_backbone(cfg).module.state_dict()
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's RNG is left alone
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    other = build_backbone(RunConfig(seed=4, backbone={"name": "resnet18_cifar"}))
+    key = next(k for k in first if k.endswith("weight"))
+    assert not torch.equal(first[key], other.module.state_dict()[key])
