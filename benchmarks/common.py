@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -10,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from edgecl.config import RunConfig
+from edgecl.runner import run
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
@@ -49,6 +53,22 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     tmp.write_text(json.dumps({"environment": environment(), **payload}, indent=1))
     tmp.replace(path)
     return path
+
+
+def timed_run(
+    cfg: RunConfig, out: Path, resume: bool
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``edgecl.runner.run`` of ``cfg``, with the timing record every benchmark writes:
+    ``wall_seconds_total`` and the 1/5/15-min ``load_average_before``/``_after``."""
+    load_before = os.getloadavg()
+    start = time.perf_counter()
+    results = run(cfg, out, resume=resume)
+    timing = {
+        "wall_seconds_total": time.perf_counter() - start,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+    }
+    return results, timing
 
 
 def table_lines(headers: list[str]) -> list[str]:

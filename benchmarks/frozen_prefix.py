@@ -35,11 +35,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS, table_lines, table_row, write_result
+from benchmarks.common import RESULTS, table_lines, table_row, timed_run, write_result
 from edgecl import runner
 from edgecl.config import RunConfig
 from edgecl.report import compare_markdown
-from edgecl.runner import run
 
 MIB = 1024**2
 SGD_M = {"name": "sgd", "lr": 0.001, "momentum": 0.9}
@@ -275,23 +274,17 @@ def main() -> None:
     with_derpp = derpp_available()
     cfg = build_config(args, with_derpp)
     record_cpu_time_per_task()
-    load_before = os.getloadavg()
-    start = time.perf_counter()
-    results = run(cfg, args.out, resume=args.resume)
-    wall = time.perf_counter() - start
+    results, timing = timed_run(cfg, args.out, args.resume)
     rows = [summary(r) for r in results]
     add_ratios(rows)
     command = ("EDGECL_DATA=/work/shared/data python -m benchmarks.frozen_prefix "
                + " ".join(sys.argv[1:])).strip()
-    load_after = os.getloadavg()
     path = write_result("frozen_prefix", {
         "command": command,
         "profile": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                     if k not in ("out", "resume")},
         "derpp_included": with_derpp,
-        "wall_seconds_total": wall,
-        "load_average_before": load_before,
-        "load_average_after": load_after,
+        **timing,
         "config": cfg.model_dump(mode="json"),
         "methods": rows,
     })
@@ -306,14 +299,16 @@ def main() -> None:
         "seconds over the same span (less sensitive to other users' load). Ratios are ER's "
         "value divided by the method's. "
         + ("" if with_derpp else "DER++ skipped: edgecl.methods.derpp did not import. ")
-        + f"Total wall time {wall / 60:.1f} min; 1-min load average before/after "
-        f"{load_before[0]:.1f}/{load_after[0]:.1f} on {os.cpu_count()} cores."
+        + f"Total wall time {timing['wall_seconds_total'] / 60:.1f} min; 1-min load average "
+        f"before/after {timing['load_average_before'][0]:.1f}/"
+        f"{timing['load_average_after'][0]:.1f} on {os.cpu_count()} cores."
     )
     md = f"# Frozen-prefix methods, reduced profile\n\n`{command}`\n\n{note}\n\n{table}\n\n"
     md += compare_markdown(results)
     (RESULTS / "frozen_prefix.md").write_text(md)
     print(table)
-    print(f"wrote {path} and {RESULTS / 'frozen_prefix.md'} in {wall / 60:.1f} min")
+    minutes = timing["wall_seconds_total"] / 60
+    print(f"wrote {path} and {RESULTS / 'frozen_prefix.md'} in {minutes:.1f} min")
 
 
 if __name__ == "__main__":

@@ -20,14 +20,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS, table_lines, table_row, write_result
+from benchmarks.common import RESULTS, table_lines, table_row, timed_run, write_result
 from edgecl.config import RunConfig
 from edgecl.report import compare_markdown
-from edgecl.runner import run
 
 MIB = 1024**2
 ADAM_CLIP = {"name": "adam", "betas": [0.9, 0.999], "grad_clip": 1.0, "reset_each_task": True}
@@ -114,18 +112,13 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="reuse finished methods in --out")
     args = parser.parse_args()
     cfg = build_config(args)
-    load_before = os.getloadavg()
-    start = time.perf_counter()
-    results = run(cfg, args.out, resume=args.resume)
-    wall = time.perf_counter() - start
+    results, timing = timed_run(cfg, args.out, args.resume)
     rows = [summary(r) for r in results]
     command = "python -m benchmarks.prompting " + " ".join(sys.argv[1:])
     path = write_result("prompting", {
         "command": command.strip(),
         "profile": {k: v for k, v in vars(args).items() if k not in ("out", "resume")},
-        "wall_seconds_total": wall,
-        "load_average_before": load_before,
-        "load_average_after": os.getloadavg(),
+        **timing,
         "config": cfg.model_dump(mode="json"),
         "methods": rows,
     })
@@ -136,14 +129,16 @@ def main() -> None:
         f"{args.batch_size}. Selection = the frozen query pass of the prompt methods (training "
         "only); update = forward + backward + optimizer of training. Train memory = peak "
         "saved activations + parameters + gradients + optimizer state + buffers. "
-        f"Total wall time {wall / 60:.1f} min; 1-min load average before/after "
-        f"{load_before[0]:.1f}/{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores."
+        f"Total wall time {timing['wall_seconds_total'] / 60:.1f} min; 1-min load average "
+        f"before/after {timing['load_average_before'][0]:.1f}/"
+        f"{timing['load_average_after'][0]:.1f} on {os.cpu_count()} cores."
     )
     md = f"# Prompt methods, reduced profile\n\n`{command.strip()}`\n\n{note}\n\n{table}\n\n"
     md += compare_markdown(results)
     (RESULTS / "prompting.md").write_text(md)
     print(table)
-    print(f"wrote {path} and {RESULTS / 'prompting.md'} in {wall / 60:.1f} min")
+    minutes = timing["wall_seconds_total"] / 60
+    print(f"wrote {path} and {RESULTS / 'prompting.md'} in {minutes:.1f} min")
 
 
 if __name__ == "__main__":

@@ -32,13 +32,11 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS, table_lines, table_row, write_result
+from benchmarks.common import RESULTS, table_lines, table_row, timed_run, write_result
 from edgecl.config import RunConfig
-from edgecl.runner import run
 
 MIB = 1024**2
 ADAM_CLIP = {"name": "adam", "betas": [0.9, 0.999], "grad_clip": 1.0, "reset_each_task": True}
@@ -252,17 +250,12 @@ def main() -> None:
         (RESULTS / f"{args.name}.md").write_text(render(payload))
         return
     cfg = build_config(args)
-    load_before = os.getloadavg()
-    start = time.perf_counter()
-    results = run(cfg, args.out, resume=args.resume)
-    wall = time.perf_counter() - start
+    results, timing = timed_run(cfg, args.out, args.resume)
     rows = [summary(r) for r in results]
     payload = {
         "command": ("python -m benchmarks.rep " + " ".join(sys.argv[1:])).strip(),
         "profile": {k: v for k, v in vars(args).items() if k not in ("out", "resume", "render")},
-        "wall_seconds_total": wall,
-        "load_average_before": load_before,
-        "load_average_after": os.getloadavg(),
+        **timing,
         "config": cfg.model_dump(mode="json"),
         "pairs": comparisons(rows),
         "methods": rows,
@@ -271,7 +264,8 @@ def main() -> None:
     (RESULTS / f"{args.name}.md").write_text(render(payload))
     print(pair_table(payload["pairs"]))
     print(method_table(rows))
-    print(f"wrote {path} and {RESULTS / f'{args.name}.md'} in {wall / 60:.1f} min")
+    minutes = timing["wall_seconds_total"] / 60
+    print(f"wrote {path} and {RESULTS / f'{args.name}.md'} in {minutes:.1f} min")
 
 
 if __name__ == "__main__":
