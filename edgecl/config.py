@@ -23,12 +23,9 @@ from pydantic import (
     model_validator,
 )
 
+from edgecl.errors import ConfigError
 from edgecl.methods import REGISTRY, method_class
 from edgecl.methods.base import MethodParams, OptimConfig
-
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message names the offending field."""
 
 
 class Strict(BaseModel):

@@ -9,15 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from edgecl.data import (
-    DataError,
-    atomic_write_bytes,
-    atomic_writer,
-    download_file,
-    md5sum,
-    safe_extract_tar,
-    sha256sum,
-)
+from edgecl.data import DataError, download_file, safe_extract_tar
+from edgecl.io import atomic_write_bytes, atomic_writer, md5sum, sha256sum
 
 PAYLOAD = b"edgecl test payload\n" * 1000
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import edgecl.data.fashion_mnist as fmnist
-from edgecl.data import DATASET_INFO, DataError, load_dataset, md5sum
+from edgecl.data import DATASET_INFO, DataError, load_dataset
+from edgecl.io import md5sum
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 # Gzip header timestamps of the published files (train-* and t10k-* were written 21 s apart).

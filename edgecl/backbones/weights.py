@@ -18,7 +18,8 @@ from torch import Tensor
 
 from edgecl.backbones.vit import VIT_PRESETS, VisionTransformer, ViTConfig, interpolate_pos_embed
 from edgecl.data.base import DataError, cache_dir
-from edgecl.data.download import download_file, sha256sum
+from edgecl.data.download import download_file
+from edgecl.io import sha256sum
 
 # Local folder name under the data root -> (file, sha256). The folder is the shared copy of a
 # real ViT-Ti/16 (AugReg in21k→in1k, fine-tuned on Tiny-ImageNet; see its SOURCE.md).

@@ -8,21 +8,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgecl.data.base import ArrayDataset, DataError, cache_dir, resolve_data_root
+from edgecl.data.base import ArrayDataset, cache_dir, resolve_data_root
 from edgecl.data.cifar import CIFAR10_INFO, CIFAR100_INFO, load_cifar10, load_cifar100
-from edgecl.data.download import (
-    atomic_write_bytes,
-    atomic_writer,
-    download_file,
-    md5sum,
-    safe_extract_tar,
-    sha256sum,
-)
+from edgecl.data.download import download_file, safe_extract_tar
 from edgecl.data.fashion_mnist import FASHION_MNIST_INFO, load_fashion_mnist
 from edgecl.data.image_folder import IMAGE_FOLDER_INFO, load_image_folder
 from edgecl.data.loader import iterate_batches, num_batches
 from edgecl.data.scenarios import Scenario, Task, class_incremental
 from edgecl.data.transforms import BatchTransform, eval_transform, train_transform
+from edgecl.errors import DataError
 
 # Per data set: num_classes (None: given by the folder), image_size (native side length; for
 # image_folder the default decode size), channels, split sizes and normalization mean/std.
@@ -70,18 +64,14 @@ __all__ = [
     "DataError",
     "Scenario",
     "Task",
-    "atomic_write_bytes",
-    "atomic_writer",
     "cache_dir",
     "class_incremental",
     "download_file",
     "eval_transform",
     "iterate_batches",
     "load_dataset",
-    "md5sum",
     "num_batches",
     "resolve_data_root",
     "safe_extract_tar",
-    "sha256sum",
     "train_transform",
 ]

@@ -11,16 +11,15 @@ from typing import Any
 
 import numpy as np
 
+from edgecl.errors import DataError
+from edgecl.io import atomic_write_bytes, atomic_writer
+
 DATA_ENV_VAR = "EDGECL_DATA"
 CACHE_ENV_VAR = "EDGECL_CACHE"
 DEFAULT_CACHE = Path("~/.cache/edgecl")
 
 # Bump when the layout of cached arrays changes so that old caches are rebuilt, not misread.
 ARRAY_CACHE_VERSION = 1
-
-
-class DataError(RuntimeError):
-    """A data set is missing, corrupted or requested wrongly; the message says how to fix it."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -134,8 +133,6 @@ def load_cached_arrays(
     the arrays records a different key (or the files look damaged), ``build()`` is called and
     its result is written (atomically, stamp last) for the next call.
     """
-    from edgecl.data.download import atomic_write_bytes, atomic_writer
-
     paths = _cache_paths(directory, stem)
     full_key = {"version": ARRAY_CACHE_VERSION, **key}
     cached = _read_cached_arrays(paths, full_key, mmap)

@@ -25,22 +25,20 @@ import numpy as np
 from edgecl.data.base import (
     DATA_ENV_VAR,
     ArrayDataset,
-    DataError,
     cache_dir,
     file_fingerprint,
     load_cached_arrays,
     resolve_data_root,
 )
 from edgecl.data.download import (
-    CHUNK_BYTES,
-    atomic_writer,
     checksum_mismatch_error,
     download_file,
     is_writable_dir,
     safe_extract_tar,
-    sha256sum,
     verify_file,
 )
+from edgecl.errors import DataError
+from edgecl.io import CHUNK_BYTES, atomic_writer, sha256sum
 
 SHA256SUMS_NAME = "SHA256SUMS"
 CIFAR_IMAGE_SHAPE = (32, 32, 3)

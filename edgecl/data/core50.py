@@ -35,13 +35,13 @@ import numpy as np
 from edgecl.data.base import (
     DATA_ENV_VAR,
     ArrayDataset,
-    DataError,
     cache_dir,
     load_cached_arrays,
     resolve_data_root,
 )
 from edgecl.data.image_folder import decode_samples
 from edgecl.data.scenarios import Scenario, Task
+from edgecl.errors import DataError
 
 IMAGES_DIR = "core50_128x128"
 SCENARIO_DIRS: dict[str, str] = {

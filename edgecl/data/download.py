@@ -1,4 +1,4 @@
-"""Checksums, atomic file writes, verified downloads and safe archive extraction."""
+"""Checksum verification, verified downloads and safe archive extraction."""
 
 from __future__ import annotations
 
@@ -8,35 +8,15 @@ import http.client
 import os
 import shutil
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from edgecl.data.base import DataError
+from edgecl.errors import DataError
+from edgecl.io import CHUNK_BYTES, atomic_writer, file_digest
 
-CHUNK_BYTES = 1 << 20
 DEFAULT_TIMEOUT_S = 60.0
-
-
-def _file_digest(path: str | Path, algorithm: str) -> str:
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def md5sum(path: str | Path) -> str:
-    """Hex md5 of a file, read in chunks (used only to match published data set checksums)."""
-    return _file_digest(path, "md5")
-
-
-def sha256sum(path: str | Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    return _file_digest(path, "sha256")
 
 
 def checksum_mismatch_error(
@@ -54,49 +34,9 @@ def verify_file(path: Path, *, md5: str | None = None, sha256: str | None = None
     for algorithm, expected in (("md5", md5), ("sha256", sha256)):
         if expected is None:
             continue
-        actual = _file_digest(path, algorithm)
+        actual = file_digest(path, algorithm)
         if actual != expected.lower():
             raise checksum_mismatch_error(path, algorithm, expected.lower(), actual, fix)
-
-
-def _fsync_directory(directory: Path) -> None:
-    # Makes the rename itself durable; not every platform/filesystem allows opening a directory.
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_writer(dest: str | Path) -> Iterator[BinaryIO]:
-    """Open a temp file next to ``dest``; on clean exit fsync it and rename it over ``dest``.
-
-    Readers therefore see either the old file or the complete new one, never a partial write.
-    On an exception the temp file is removed and ``dest`` is left untouched.
-    """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    tmp_path = Path(tmp_name)
-    try:
-        os.chmod(tmp_path, 0o644)  # mkstemp creates 0600; cached data is meant to be shareable
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_path, dest)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-    _fsync_directory(dest.parent)
-
-
-def atomic_write_bytes(dest: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``dest`` atomically (temp file, fsync, rename)."""
-    with atomic_writer(dest) as handle:
-        handle.write(data)
 
 
 def _no_network_error(url: str, dest: Path, err: BaseException) -> DataError:

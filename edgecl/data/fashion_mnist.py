@@ -23,19 +23,14 @@ import numpy as np
 from edgecl.data.base import (
     DATA_ENV_VAR,
     ArrayDataset,
-    DataError,
     cache_dir,
     file_fingerprint,
     load_cached_arrays,
     resolve_data_root,
 )
-from edgecl.data.download import (
-    CHUNK_BYTES,
-    checksum_mismatch_error,
-    download_file,
-    is_writable_dir,
-    md5sum,
-)
+from edgecl.data.download import checksum_mismatch_error, download_file, is_writable_dir
+from edgecl.errors import DataError
+from edgecl.io import CHUNK_BYTES, md5sum
 
 FOLDER = "fashion-mnist"
 BASE_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"

@@ -30,11 +30,11 @@ import numpy as np
 from edgecl.data.base import (
     DATA_ENV_VAR,
     ArrayDataset,
-    DataError,
     cache_dir,
     load_cached_arrays,
     resolve_data_root,
 )
+from edgecl.errors import DataError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
 DEFAULT_IMAGE_SIZE = 224

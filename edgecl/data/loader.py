@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgecl.data.base import ArrayDataset, DataError
+from edgecl.data.base import ArrayDataset
 from edgecl.data.transforms import BatchTransform
+from edgecl.errors import DataError
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 

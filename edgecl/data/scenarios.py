@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgecl.data.base import ArrayDataset, DataError
+from edgecl.data.base import ArrayDataset
+from edgecl.errors import DataError
 
 # Salts that make the train and test subsamples of a class independent draws.
 _TRAIN_SALT, _TEST_SALT = 0x7452, 0x7453

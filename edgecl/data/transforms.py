@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgecl.data.base import DataError
+from edgecl.errors import DataError
 
 # Random-resized-crop draws this many candidate boxes per image and keeps the first that fits,
 # as the usual sequential rejection loop does; images with no fitting candidate use the

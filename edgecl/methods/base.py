@@ -26,11 +26,8 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from edgecl.data.transforms import BatchTransform
+from edgecl.errors import NonFiniteLossError
 from edgecl.metrics.cost import CostMeter, optimizer_state_bytes, tensor_bytes
-
-
-class NonFiniteLossError(RuntimeError):
-    """Raised when a loss is NaN or infinite; the run stops at the last good checkpoint."""
 
 
 class MethodParams(BaseModel):
