@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,19 +12,19 @@ from typing import Any
 import torch
 
 from edgecl.config import RunConfig
+from edgecl.io import atomic_write_text
 from edgecl.runner import run
+from edgecl.runner.build import environment as run_environment
+from edgecl.runner.comparison import CallbackFactory
+from edgecl.schema import RunResults
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def environment() -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-    }
+    """The runner's environment record without its device fields (benchmarks run on CPU)."""
+    env = run_environment(torch.device("cpu"))
+    return {key: value for key, value in env.items() if key not in ("device", "gpu")}
 
 
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
@@ -47,22 +46,18 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 7) -> float:
 
 
 def write_result(name: str, payload: dict[str, Any]) -> Path:
-    RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"environment": environment(), **payload}, indent=1))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps({"environment": environment(), **payload}, indent=1))
     return path
 
 
-def timed_run(
-    cfg: RunConfig, out: Path, resume: bool
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def timed_run(cfg: RunConfig, out: Path, resume: bool, callbacks: CallbackFactory | None = None,
+              ) -> tuple[list[RunResults], dict[str, Any]]:
     """``edgecl.runner.run`` of ``cfg``, with the timing record every benchmark writes:
     ``wall_seconds_total`` and the 1/5/15-min ``load_average_before``/``_after``."""
     load_before = os.getloadavg()
     start = time.perf_counter()
-    results = run(cfg, out, resume=resume)
+    results = run(cfg, out, resume=resume, callbacks=callbacks)
     timing = {
         "wall_seconds_total": time.perf_counter() - start,
         "load_average_before": load_before,

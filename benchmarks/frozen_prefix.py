@@ -36,9 +36,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import RESULTS, table_lines, table_row, timed_run, write_result
-from edgecl import runner
 from edgecl.config import RunConfig
+from edgecl.methods.base import TaskInfo
 from edgecl.report import compare_markdown
+from edgecl.runner import Callback, TrainingLoop
+from edgecl.schema import RunResults
 
 MIB = 1024**2
 SGD_M = {"name": "sgd", "lr": 0.001, "momentum": 0.9}
@@ -94,55 +96,56 @@ def build_config(args: argparse.Namespace, with_derpp: bool) -> RunConfig:
         "optim": SGD_M,
         "methods": method_entries(args, with_derpp),
     })
-    cfg.validate_methods()
     return cfg
 
 
-def record_cpu_time_per_task() -> None:
-    """Add the process CPU seconds of each task's training to ``per_task`` (``train_cpu_s``).
+class CpuTimePerTask(Callback):
+    """Adds the process CPU seconds of each task's training to its per-task record
+    (``extra.train_cpu_s``): wall time per phase swings with other users' load on a shared
+    machine, CPU time of this process much less. It includes the prefetch thread (the same
+    work for every method). A task resumed part way counts from the resume."""
 
-    The machine is shared: wall time per phase swings with other users' load, CPU time of
-    this process much less. It includes the prefetch thread (the same work for every method).
-    """
-    original = runner.MethodRun.train_task
-    if getattr(original, "records_cpu", False):
-        return
+    def __init__(self) -> None:
+        self.start = time.process_time()
 
-    def train_task(self: runner.MethodRun, t: int, wall_start: float) -> None:
-        start = time.process_time()
-        original(self, t, wall_start)
-        self.per_task[-1]["train_cpu_s"] = time.process_time() - start
+    def on_train_start(self, loop: TrainingLoop) -> None:
+        self.start = time.process_time()
 
-    train_task.records_cpu = True  # type: ignore[attr-defined]
-    runner.MethodRun.train_task = train_task  # type: ignore[method-assign]
+    def on_task_start(self, loop: TrainingLoop, task: TaskInfo) -> None:
+        self.start = time.process_time()
+
+    def on_task_end(self, loop: TrainingLoop, task: TaskInfo) -> None:
+        loop.per_task[-1].setdefault("extra", {})["train_cpu_s"] = (
+            time.process_time() - self.start)
 
 
-def summary(res: dict[str, Any]) -> dict[str, Any]:
-    flops, mem, secs = res["cost"]["flops"], res["cost"]["memory"], res["cost"]["time_s"]
-    cil, til = res["accuracy"]["class_il"], res["accuracy"]["task_il"]
-    per_task = [t["train_time_s"] for t in res["per_task"]]
-    cpu = [t.get("train_cpu_s", float("nan")) for t in res["per_task"]]
+def summary(res: RunResults) -> dict[str, Any]:
+    flops, mem, secs = res.cost.flops, res.cost.memory, res.cost.time_s
+    cil, til = res.accuracy.class_il, res.accuracy.task_il
+    per_task = [t.train_time_s for t in res.per_task]
+    cpu = [t.extra.get("train_cpu_s", float("nan")) for t in res.per_task]
     return {
-        "method": res["run_name"],
-        "class_il_final": cil["final_average"],
-        "class_il_forgetting": cil["forgetting"],
-        "task_il_final": til["final_average"],
-        "task_il_forgetting": til["forgetting"],
-        "training_footprint_bytes": mem["training_footprint_bytes"],
-        "peak_saved_for_backward_bytes": mem["peak_saved_for_backward_bytes"],
-        "parameter_bytes": mem["parameter_bytes"],
-        "gradient_bytes": mem["gradient_bytes"],
-        "optimizer_state_bytes": mem["optimizer_state_bytes"],
-        "buffer_bytes": mem["buffer_bytes"],
-        "train_flops": flops["train"]["total"],
-        "train_flops_forward": flops["train"]["forward"],
-        "train_flops_backward": flops["train"]["backward"],
-        "train_seconds": secs["train_total"],
+        "method": res.run_name,
+        "class_il_final": cil.final_average,
+        "class_il_forgetting": cil.forgetting,
+        "task_il_final": til.final_average if til else None,
+        "task_il_forgetting": til.forgetting if til else None,
+        "training_footprint_bytes": mem.training_footprint_bytes,
+        "peak_saved_for_backward_bytes": mem.peak_saved_for_backward_bytes,
+        "parameter_bytes": mem.parameter_bytes,
+        "gradient_bytes": mem.gradient_bytes,
+        "optimizer_state_bytes": mem.optimizer_state_bytes,
+        "buffer_bytes": mem.buffer_bytes,
+        "train_flops": flops.train.total,
+        "train_flops_forward": flops.train.forward,
+        "train_flops_backward": flops.train.backward,
+        "train_flops_prefix": flops.train.prefix,
+        "train_seconds": secs.train_total,
         "train_seconds_per_task": sum(per_task) / len(per_task),
         "train_cpu_seconds_per_task": sum(cpu) / len(cpu),
-        "eval_seconds": secs["eval"],
-        "wall_seconds": secs["wall_total"],
-        "class_il_matrix": cil["matrix"],
+        "eval_seconds": secs.eval,
+        "wall_seconds": secs.wall_total,
+        "class_il_matrix": cil.matrix,
     }
 
 
@@ -196,6 +199,7 @@ def resnet_step_memory(batch_size: int) -> dict[str, Any]:
     import torch
 
     from edgecl.backbones.cnn import CifarResNet18
+    from edgecl.backbones.registry import backbone_entry
     from edgecl.data.transforms import eval_transform
     from edgecl.methods.base import Batch, BenchmarkInfo, OptimConfig, TaskInfo
     from edgecl.methods.er import ER, ERParams
@@ -208,10 +212,11 @@ def resnet_step_memory(batch_size: int) -> dict[str, Any]:
         "er": ER(ERParams(buffer_size=max(200, batch_size)), OptimConfig(lr=0.001, momentum=0.9)),
         "lightcl": LightCL(LightCLParams(), OptimConfig(lr=0.01)),
     }
+    entry = backbone_entry("resnet18_cifar")
     for name, method in methods.items():
         torch.manual_seed(0)
         meter = CostMeter()
-        info = BenchmarkInfo(20, 2, classes, eval_transform(32, *runner.CIFAR_MEAN_STD),
+        info = BenchmarkInfo(20, 2, classes, eval_transform(32, entry.mean, entry.std),
                              torch.device("cpu"), meter, 0, [1, 1], 32)
         method.setup(CifarResNet18(), info)
         meter.watch_parameters([method.modules])
@@ -273,8 +278,8 @@ def main() -> None:
         return
     with_derpp = derpp_available()
     cfg = build_config(args, with_derpp)
-    record_cpu_time_per_task()
-    results, timing = timed_run(cfg, args.out, args.resume)
+    results, timing = timed_run(cfg, args.out, args.resume,
+                                callbacks=lambda spec: [CpuTimePerTask()])
     rows = [summary(r) for r in results]
     add_ratios(rows)
     command = ("EDGECL_DATA=/work/shared/data python -m benchmarks.frozen_prefix "
@@ -293,9 +298,11 @@ def main() -> None:
         f"Split CIFAR-100, {args.n_tasks} tasks, ViT-Ti/16 at 224 px, no augmentation; "
         f"{args.train_per_class} train / {args.test_per_class} test images per class, "
         f"{args.epochs} epochs, batch {args.batch_size}, buffers of {args.buffer}. Train "
-        "memory = peak saved-for-backward activations + parameters + gradients + optimizer "
-        "state + buffers/caches. Train time / task = wall seconds of the training phases "
-        "(data, forward, backward, step; no evaluation); CPU time = this process's CPU "
+        "memory = the largest step's saved-for-backward activations + parameters + gradients "
+        "+ optimizer state + buffers/caches. Train GFLOPs = every training part, the frozen "
+        "prefix's no-grad passes included. Train time / task = wall seconds of the training "
+        "phases (data, prefix, forward, backward, step; no evaluation); CPU time = this "
+        "process's CPU "
         "seconds over the same span (less sensitive to other users' load). Ratios are ER's "
         "value divided by the method's. "
         + ("" if with_derpp else "DER++ skipped: edgecl.methods.derpp did not import. ")

@@ -26,6 +26,7 @@ from typing import Any
 from benchmarks.common import RESULTS, table_lines, table_row, timed_run, write_result
 from edgecl.config import RunConfig
 from edgecl.report import compare_markdown
+from edgecl.schema import RunResults
 
 MIB = 1024**2
 ADAM_CLIP = {"name": "adam", "betas": [0.9, 0.999], "grad_clip": 1.0, "reset_each_task": True}
@@ -54,30 +55,29 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         ],
     }
     cfg = RunConfig(**tree)
-    cfg.validate_methods()
     return cfg
 
 
-def summary(res: dict[str, Any]) -> dict[str, Any]:
-    flops, mem, secs = res["cost"]["flops"], res["cost"]["memory"], res["cost"]["time_s"]
-    cil, til = res["accuracy"]["class_il"], res["accuracy"]["task_il"]
-    update = flops["train"]["total"]
+def summary(res: RunResults) -> dict[str, Any]:
+    flops, mem, secs = res.cost.flops, res.cost.memory, res.cost.time_s
+    cil, til = res.accuracy.class_il, res.accuracy.task_il
+    train = flops.train
     return {
-        "method": res["run_name"],
-        "class_il_final": cil["final_average"],
-        "class_il_forgetting": cil["forgetting"],
-        "task_il_final": til["final_average"],
-        "selection_flops": flops["selection"],
-        "update_flops": update,
-        "selection_share": flops["selection"] / (flops["selection"] + update),
-        "training_footprint_bytes": mem["training_footprint_bytes"],
-        "peak_saved_for_backward_bytes": mem["peak_saved_for_backward_bytes"],
-        "trainable_parameter_bytes": mem["trainable_parameter_bytes"],
-        "selection_seconds": secs["selection"],
-        "train_seconds": secs["train_total"],
-        "eval_seconds": secs["eval"],
-        "wall_seconds": secs["wall_total"],
-        "class_il_matrix": cil["matrix"],
+        "method": res.run_name,
+        "class_il_final": cil.final_average,
+        "class_il_forgetting": cil.forgetting,
+        "task_il_final": til.final_average if til else None,
+        "selection_flops": train.selection,
+        "update_flops": train.total - train.selection,
+        "selection_share": train.selection / train.total,
+        "training_footprint_bytes": mem.training_footprint_bytes,
+        "peak_saved_for_backward_bytes": mem.peak_saved_for_backward_bytes,
+        "trainable_parameter_bytes": mem.trainable_parameter_bytes,
+        "selection_seconds": secs.selection,
+        "train_seconds": secs.train_total,
+        "eval_seconds": secs.eval,
+        "wall_seconds": secs.wall_total,
+        "class_il_matrix": cil.matrix,
     }
 
 
@@ -127,7 +127,8 @@ def main() -> None:
         f"Split CIFAR-100, 10 tasks, ViT-Ti/16 at 224 px; {args.train_per_class} train / "
         f"{args.test_per_class} test images per class, {args.epochs} epoch(s), batch "
         f"{args.batch_size}. Selection = the frozen query pass of the prompt methods (training "
-        "only); update = forward + backward + optimizer of training. Train memory = peak "
+        "only); update = every other part of the training FLOPs (forward + backward + "
+        "optimizer, and any frozen-prefix or other passes). Train memory = the largest step's "
         "saved activations + parameters + gradients + optimizer state + buffers. "
         f"Total wall time {timing['wall_seconds_total'] / 60:.1f} min; 1-min load average "
         f"before/after {timing['load_average_before'][0]:.1f}/"

@@ -15,10 +15,11 @@ runs stretch ALD's clock to REP's 10 x 1875-step protocol (``ald_reference_steps
 regime the paper's savings come from. Ablations on L2P: swift selection only (+ cache),
 + AToM, + ALD (stretched clock), all three (stretched clock).
 
-Per pair: training wall-time ratio (every training phase: data, selection, forward, backward,
-step), training-memory ratios (saved-for-backward + parameters + gradients + optimizer state
-+ buffers; at the peak step and at the mean step), training-FLOPs ratio (forward + backward +
-optimizer + selection) and accuracy / forgetting deltas (class-IL, points).
+Per pair: training wall-time ratio (every training phase: data, selection, prefix, forward,
+backward, step), training-memory ratios (saved-for-backward + parameters + gradients +
+optimizer state + buffers; at the largest step and at the mean step), training-FLOPs ratio
+(``flops.train.total``: forward + backward + optimizer + selection, and any prefix or other
+passes) and accuracy / forgetting deltas (class-IL, points).
 
 Writes results/rep.json and results/rep.md; run directories go to runs/rep/ (``--resume``
 reuses finished methods there).
@@ -37,6 +38,7 @@ from typing import Any
 
 from benchmarks.common import RESULTS, table_lines, table_row, timed_run, write_result
 from edgecl.config import RunConfig
+from edgecl.schema import RunResults
 
 MIB = 1024**2
 ADAM_CLIP = {"name": "adam", "betas": [0.9, 0.999], "grad_clip": 1.0, "reset_each_task": True}
@@ -49,6 +51,7 @@ ABLATIONS = [
     ("l2p+rep_sel+ald_scaled", {"atom": False, "scaled": True}),
     ("l2p+rep_scaled", {"scaled": True}),
 ]
+PHASES = ("data", "selection", "forward", "backward", "step", "eval")  # time_s fields kept
 
 
 def rep_fields(args: argparse.Namespace, host: str, scaled: bool = False) -> dict[str, Any]:
@@ -97,34 +100,35 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         "methods": methods,
     }
     cfg = RunConfig(**tree)
-    cfg.validate_methods()
     return cfg
 
 
-def summary(res: dict[str, Any]) -> dict[str, Any]:
-    flops, mem, secs = res["cost"]["flops"], res["cost"]["memory"], res["cost"]["time_s"]
-    cil = res["accuracy"]["class_il"]
+def summary(res: RunResults) -> dict[str, Any]:
+    flops, mem, secs = res.cost.flops, res.cost.memory, res.cost.time_s
+    cil, til = res.accuracy.class_il, res.accuracy.task_il
     return {
-        "method": res["run_name"],
-        "class_il_final": cil["final_average"],
-        "class_il_forgetting": cil["forgetting"],
-        "task_il_final": res["accuracy"]["task_il"]["final_average"],
-        "train_flops": flops["train"]["total"] + flops["selection"],
-        "selection_flops": flops["selection"],
-        "forward_flops": flops["train"]["forward"],
-        "backward_flops": flops["train"]["backward"],
-        "eval_flops": flops["eval"],
-        "memory_peak_bytes": mem["training_footprint_bytes"],
-        "memory_mean_bytes": mem["training_footprint_mean_bytes"],
-        "saved_peak_bytes": mem["peak_saved_for_backward_bytes"],
-        "saved_mean_bytes": mem["mean_saved_for_backward_bytes"],
-        "state_bytes": mem["training_footprint_bytes"] - mem["peak_saved_for_backward_bytes"],
-        "buffer_bytes": mem["buffer_bytes"],
-        "train_seconds": secs["train_total"],
-        "phase_seconds": {p: secs[p] for p in ("data", "selection", "forward", "backward",
-                                               "step", "eval")},
-        "wall_seconds": secs["wall_total"],
-        "class_il_matrix": cil["matrix"],
+        "method": res.run_name,
+        "class_il_final": cil.final_average,
+        "class_il_forgetting": cil.forgetting,
+        "task_il_final": til.final_average if til else None,
+        "train_flops": flops.train.total,
+        "selection_flops": flops.train.selection,
+        "forward_flops": flops.train.forward,
+        "backward_flops": flops.train.backward,
+        "eval_flops": flops.eval,
+        "memory_peak_bytes": mem.training_footprint_bytes,
+        "memory_mean_bytes": mem.training_footprint_mean_bytes,
+        "saved_peak_bytes": mem.peak_saved_for_backward_bytes,
+        "saved_mean_bytes": mem.mean_saved_for_backward_bytes,
+        # the largest state of any step (the footprint's step may hold less saved activations
+        # than the peak, so footprint - peak saved is no longer the state)
+        "state_bytes": (mem.parameter_bytes + mem.gradient_bytes + mem.optimizer_state_bytes
+                        + mem.buffer_bytes),
+        "buffer_bytes": mem.buffer_bytes,
+        "train_seconds": secs.train_total,
+        "phase_seconds": {p: getattr(secs, p) for p in PHASES},
+        "wall_seconds": secs.wall_total,
+        "class_il_matrix": cil.matrix,
     }
 
 
@@ -228,9 +232,10 @@ def render(payload: dict[str, Any]) -> str:
         f"at {prof['selector_resolution']} px{'' if prof['no_cache'] else ' with query caching'}; "
         "ALD on the actual step count, except in the *_scaled runs (clock stretched to "
         f"{prof['reference_steps']} steps). Ratios are REP / host, measured in this one process. "
-        "Time = all training phases (data, selection, forward, backward, step); memory = "
-        "saved-for-backward + parameters + gradients + optimizer state + buffers, at the peak "
-        "and at the mean step; FLOPs = executed forward + backward + optimizer + selection. "
+        "Time = all training phases (data, selection, prefix, forward, backward, step); "
+        "memory = saved-for-backward + parameters + gradients + optimizer state + buffers, at "
+        "the largest and at the mean step; FLOPs = every executed training FLOP (forward + "
+        "backward + optimizer + selection, and any prefix or other passes). "
         f"Total wall time {payload['wall_seconds_total'] / 60:.1f} min; 1-min load average "
         f"before/after {before:.1f}/{after:.1f} on {os.cpu_count()} cores, "
         f"{cfg['threads'] or 'default'} torch thread(s)."

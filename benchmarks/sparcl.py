@@ -39,6 +39,7 @@ from edgecl.backbones.cnn import CifarResNet18
 from edgecl.config import MethodSpec, RunConfig, load_config
 from edgecl.efficiency.data_removal import RemovalSchedule
 from edgecl.efficiency.sparsity import prune_mask, select_sparse_convs
+from edgecl.schema import RunResults
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "configs" / "cifar100_sparcl_reduced.yaml"
@@ -58,11 +59,8 @@ def benchmark_config(threads: int) -> RunConfig:
         MethodSpec(**{**base.model_dump(), "label": label, **switches})
         for label, switches in ABLATIONS.items()
     ]
-    cfg = cfg.model_copy(
-        update={"methods": [*cfg.methods, *extra], "threads": threads, "name": "sparcl_benchmark"}
-    )
-    cfg.validate_methods()
-    return cfg
+    return RunConfig.model_validate({**dict(cfg), "methods": [*cfg.methods, *extra],
+                                     "threads": threads, "name": "sparcl_benchmark"})
 
 
 def probe_threads(img: int, batch: int) -> dict[str, Any]:
@@ -121,33 +119,34 @@ def seed_spread(rows_by_seed: dict[int, list[dict[str, Any]]]) -> dict[str, Any]
 
 
 # ---- summary -------------------------------------------------------------------------------
-def row_of(res: dict[str, Any]) -> dict[str, Any]:
-    flops = res["cost"]["flops"]
-    sparse = flops.get("sparse")
-    method = res["config"]["method"]
+def row_of(res: RunResults) -> dict[str, Any]:
+    flops, accuracy = res.cost.flops, res.accuracy
+    sparse = flops.sparse  # SparCL's own RigL-style accounting, a free-form dict
+    method = res.config["method"]
+    sparcl = res.method == "sparcl"
     switches = (
         ("TDM" if method.get("tdm", True) else "static")
         + ("+DGM" if method.get("dgm", True) else "")
         + ("+DDR" if method.get("ddr", True) else "")
     )
     return {
-        "run": res["run_name"],
-        "method": res["method"],
-        "sparsity": method.get("sparsity", 0.75) if res["method"] == "sparcl" else 0.0,
-        "mechanisms": switches if res["method"] == "sparcl" else "-",
-        "class_il": res["accuracy"]["class_il"]["final_average"],
-        "task_il": res["accuracy"]["task_il"]["final_average"],
-        "forgetting": res["accuracy"]["class_il"]["forgetting"],
-        "flops_dense_executed": flops["train"]["total"],
-        "flops_sparse": sparse["train"]["total"] if sparse else flops["train"]["total"],
-        "steps": sum(p["train_steps"] for p in res["per_task"]),
-        "train_samples": flops["train_samples"],
-        "train_time_s": res["cost"]["time_s"]["train_total"],
-        "wall_s": res["cost"]["time_s"]["wall_total"],
-        "memory_bytes": res["cost"]["memory"]["training_footprint_bytes"],
+        "run": res.run_name,
+        "method": res.method,
+        "sparsity": method.get("sparsity", 0.75) if sparcl else 0.0,
+        "mechanisms": switches if sparcl else "-",
+        "class_il": accuracy.class_il.final_average,
+        "task_il": accuracy.task_il.final_average if accuracy.task_il else None,
+        "forgetting": accuracy.class_il.forgetting,
+        "flops_dense_executed": flops.train.total,
+        "flops_sparse": sparse["train"]["total"] if sparse else flops.train.total,
+        "steps": sum(p.train_steps for p in res.per_task),
+        "train_samples": flops.samples_processed,  # replayed samples included, as before
+        "train_time_s": res.cost.time_s.train_total,
+        "wall_s": res.cost.time_s.wall_total,
+        "memory_bytes": res.cost.memory.training_footprint_bytes,
         "removed_per_task": sparse.get("removed_examples_per_task", []) if sparse else [],
         "weight_sparsity": sparse.get("weight_sparsity") if sparse else 0.0,
-        "sparse_layer_share": (sparse["sparse_layers"]["dense_executed"] / flops["train"]["total"])
+        "sparse_layer_share": (sparse["sparse_layers"]["dense_executed"] / flops.train.total)
         if sparse
         else None,
     }

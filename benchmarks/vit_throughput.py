@@ -38,7 +38,7 @@ def main() -> None:
     meter = CostMeter()
     with meter.active(), meter.phase("forward"):
         step()
-    step_flops = meter.flops["forward"] + meter.flops["backward"]
+    step_flops = meter.train_flops()["total"]
     peak = matmul_peak_flops()
     seconds = median_seconds(step, args.repeats, warmup=2)
     achieved = step_flops / seconds

@@ -27,7 +27,6 @@ layer regardless of the layers below it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgecl.efficiency.freezing import TapPoint, TapRecorder, is_vit, layer_names
+from edgecl.io import write_json
+from edgecl.runner.callbacks import Callback
 
 
 # ---- linear CKA ---------------------------------------------------------------------------------
@@ -105,7 +106,7 @@ def write_analysis(result: LayerAnalysis, out_dir: Path) -> tuple[Path, Path]:
     """``analysis.json`` (readable by ``lightcl: {freeze_until: auto}``) and ``analysis.png``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, png_path = out_dir / "analysis.json", out_dir / "analysis.png"
-    json_path.write_text(json.dumps(asdict(result), indent=1))
+    write_json(json_path, asdict(result))
     plot_layer_analysis(result, png_path)
     return json_path, png_path
 
@@ -160,83 +161,67 @@ def layer_grams(backbone: nn.Module, x: Tensor, batch_size: int = 32,
     return {name: gram_linear(torch.cat(parts)) for name, parts in chunks.items()}
 
 
-def train_on_task(net: nn.Module, batches: Any, n_seen: int, optimizer: torch.optim.Optimizer,
-                  steps: int) -> list[float]:
-    """Finetune every layer for ``steps`` steps on the task's batches."""
-    net.train()
-    losses = []
-    for step, (x, y, _) in enumerate(batches):
-        if step >= steps:
-            break
-        logits = net(x)
-        loss = F.cross_entropy(logits[:, :n_seen], y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
-    return losses
+class _Grams(Callback):
+    """Callback: the layers' Gram matrices on held-out images when task 0 and task 1 end."""
+
+    def __init__(self, images: dict[int, Tensor], normalize_tokens: bool) -> None:
+        self.images, self.normalize_tokens = images, normalize_tokens
+        self.after: dict[int, dict[int, dict[str, Tensor]]] = {}
+        self.last_loss: dict[int, float] = {}
+
+    def on_step(self, loop: Any, batch: Any, stats: Any) -> None:
+        self.last_loss[batch.task_id] = stats.loss
+
+    def on_task_end(self, loop: Any, task: Any) -> None:
+        self.after[task.index] = {
+            t: layer_grams(loop.run.backbone, x, normalize_tokens=self.normalize_tokens)
+            for t, x in self.images.items()}
 
 
 def analyze_layers(cfg: Any, *, steps: int | None = None, samples: int = 64,
                    threshold: float = 0.9, contiguous: bool = True,
                    normalize_tokens: bool = True) -> LayerAnalysis:
-    """Train the config's backbone on its first two tasks and measure MS/LP per layer.
+    """Finetune the config's backbone on its first two tasks (edgecl's training loop, method
+    ``finetune`` with the config's train and optim blocks) and measure MS/LP per layer.
 
-    ``cfg`` is a :class:`edgecl.config.RunConfig`; its data, backbone, train (batch size,
-    epochs, augmentation) and optim sections are used. ``steps`` caps the steps per task
-    (default: the config's epochs over the task).
+    ``cfg`` is a :class:`edgecl.config.RunConfig`. ``steps`` caps the steps per task (default:
+    the config's epochs over the task).
     """
-    from edgecl.data.loader import iterate_batches
-    from edgecl.data.transforms import eval_transform, train_transform
-    from edgecl.methods.base import Classifier, feature_dim_of, make_optimizer
-    from edgecl.runner import build_backbone, build_scenario, steps_in_task
+    from edgecl.config import MethodSpec
+    from edgecl.errors import ConfigError
+    from edgecl.runner import TrainingLoop, build_backbone, build_scenario, setup_method
+    from edgecl.runner.build import resolve_device
 
-    torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     scenario = build_scenario(cfg)
     if scenario.n_tasks < 2:
-        raise ValueError("analyze-layers needs a stream of at least two tasks (data.n_tasks)")
-    bundle = build_backbone(cfg)
-    backbone = bundle.module
-    net = Classifier(backbone, feature_dim_of(backbone), scenario.num_classes)
-    tf_train = (train_transform if cfg.train.augment else eval_transform)(
-        bundle.img_size, bundle.mean, bundle.std)
-    tf_eval = eval_transform(bundle.img_size, bundle.mean, bundle.std)
-
-    def held_out(t: int) -> Tensor:
-        idx = scenario.tasks[t].test_indices[:samples]
-        return tf_eval(torch.from_numpy(scenario.test.images[idx]))
-
-    def batches(t: int) -> Any:
-        for epoch in range(10_000):
-            yield from iterate_batches(
-                scenario.train, scenario.tasks[t].train_indices, cfg.train.batch_size,
-                transform=tf_train, shuffle=True, seed=cfg.seed * 1000 + 10 * t + epoch)
-
-    x_old, x_new = held_out(0), held_out(1)
-    n_steps = [steps_in_task(len(scenario.tasks[t].train_indices), cfg.train) for t in (0, 1)]
+        raise ConfigError("analyze-layers needs a stream of at least two tasks (data.n_tasks)")
     if steps is not None:
-        n_steps = [min(steps, n) for n in n_steps]
-    loss0 = train_on_task(net, batches(0), int(scenario.tasks[0].classes.max()) + 1,
-                          make_optimizer(list(net.parameters()), cfg.optim), n_steps[0])
-    def grams(x: Tensor) -> dict[str, Tensor]:
-        return layer_grams(backbone, x, normalize_tokens=normalize_tokens)
-
-    before_old, before_new = grams(x_old), grams(x_new)
-    loss1 = train_on_task(net, batches(1), int(scenario.tasks[1].classes.max()) + 1,
-                          make_optimizer(list(net.parameters()), cfg.optim), n_steps[1])
-    after_old, after_new = grams(x_old), grams(x_new)
-    names = layer_names(backbone)
-    ms = [cka_from_grams(before_old[n], after_old[n]) for n in names]
-    lp = [cka_from_grams(before_new[n], after_new[n]) for n in names]
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(
+            update={"max_steps_per_task": steps})})
+    setup = setup_method(cfg, MethodSpec(name="finetune"), scenario, build_backbone(cfg),
+                         resolve_device(cfg.device))
+    held_out = {t: setup.eval_tf(torch.from_numpy(
+        scenario.test.images[scenario.tasks[t].test_indices[:samples]])).to(setup.device)
+        for t in (0, 1)}
+    grams = _Grams(held_out, normalize_tokens)
+    loop = TrainingLoop(setup, callbacks=[grams])
+    with loop.meter.active():
+        for t in (0, 1):
+            loop.train_task(t)
+    before, after = grams.after[0], grams.after[1]
+    names = layer_names(setup.backbone)
+    ms = [cka_from_grams(before[0][n], after[0][n]) for n in names]
+    lp = [cka_from_grams(before[1][n], after[1][n]) for n in names]
     return LayerAnalysis(
         layers=names, memory_stability=ms, learning_plasticity=lp, threshold=threshold,
         proposed_freeze_until=propose_freeze_point(ms, lp, threshold, contiguous),
         details={
             "backbone": cfg.backbone.name, "scenario": scenario.name,
-            "steps": n_steps, "held_out_samples": [len(x_old), len(x_new)],
-            "final_loss": [loss0[-1] if loss0 else None, loss1[-1] if loss1 else None],
+            "steps": setup.task_steps[:2], "held_out_samples": [len(held_out[0]),
+                                                                len(held_out[1])],
+            "final_loss": [grams.last_loss.get(0), grams.last_loss.get(1)],
             "contiguous": contiguous, "normalize_tokens": normalize_tokens,
         },
     )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -16,6 +19,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from edgecl.errors import EdgeclError, one_line
+
 app = typer.Typer(
     help="Resource-efficient continual learning on edge devices: accuracy and cost, side by side.",
     no_args_is_help=True,
@@ -24,9 +29,27 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
-def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+def _fail(message: object) -> NoReturn:
+    """One line on stderr, exit status 2: how every failure a user can cause ends."""
+    typer.echo(f"error: {one_line(message)}", err=True)
     raise typer.Exit(2)
+
+
+def _with_data_root(overrides: list[str] | None, data_root: Path | None) -> list[str]:
+    """``--set`` values are YAML: quote the path so ``#``, ``: `` or ``[`` stay in it."""
+    items = list(overrides or [])
+    if data_root is not None:
+        items.append(f"data.root={json.dumps(str(data_root))}")
+    return items
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """Typed edgecl errors and OS errors (a missing file, a full disk) end as one line."""
+    try:
+        yield
+    except (EdgeclError, OSError) as exc:
+        _fail(exc)
 
 
 @app.command()
@@ -49,34 +72,26 @@ def run(
 
     With no arguments: the embedded quick comparison on Split CIFAR-100 with ViT-Ti.
     """
-    from edgecl.config import ConfigError, load_config
-    from edgecl.data.base import DataError
-    from edgecl.methods.base import NonFiniteLossError
-    from edgecl.report import compare_markdown, write_compare, write_report
-    from edgecl.runner import run as run_all
+    from edgecl.config import load_config
 
-    overrides = list(set_ or [])
-    if data_root is not None:
-        overrides.append(f"data.root={data_root}")
+    overrides = _with_data_root(set_, data_root)
     if resume is not None:
         saved = resume / "config.yaml"
-        if not saved.exists():
+        if not saved.is_file():
             _fail(f"{resume} has no config.yaml: not an edgecl run directory")
         config = saved
-    try:
+    with _user_errors():
         cfg = load_config(config, overrides)
-    except (ConfigError, OSError) as exc:
-        _fail(str(exc))
-    out_dir = resume or out or Path("runs") / cfg.name
-    try:
+        from edgecl.report import compare_markdown, write_compare, write_report
+        from edgecl.runner import run as run_all
+
+        out_dir = resume or out or Path("runs") / cfg.name
         with _progress(quiet) as factory:
             results = run_all(cfg, out_dir, resume=resume is not None, progress_factory=factory)
-    except (ConfigError, DataError, NonFiniteLossError, RuntimeError) as exc:
-        _fail(str(exc))
-    for res in results:
-        write_report(out_dir / res["run_name"])
-    if len(results) > 1:
-        write_compare([out_dir / r["run_name"] for r in results], out_dir)
+        for res in results:
+            write_report(out_dir / res.run_name)
+        if len(results) > 1:
+            write_compare([out_dir / r.run_name for r in results], out_dir)
     print(compare_markdown(results))
     console.print(f"results in {out_dir}/ (results.json and report.html per method)")
 
@@ -115,13 +130,11 @@ def compare(
     """One table over runs: accuracy, forgetting, FLOPs, memory, time, energy, ratios."""
     from edgecl.report import compare_markdown, load_results, write_compare
 
-    try:
+    with _user_errors():
         results = [load_results(d) for d in run_dirs]
-    except (OSError, ValueError) as exc:
-        _fail(str(exc))
-    print(compare_markdown(results))
-    if out is not None:
-        write_compare(run_dirs, out)
+        print(compare_markdown(results))
+        if out is not None:
+            write_compare(run_dirs, out)
 
 
 @app.command()
@@ -129,10 +142,8 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) -> 
     """Write report.md and a self-contained report.html (plots embedded) for one run."""
     from edgecl.report import write_report
 
-    try:
+    with _user_errors():
         md, html = write_report(run_dir)
-    except (OSError, ValueError) as exc:
-        _fail(str(exc))
     print(f"{md}\n{html}")
 
 
@@ -161,19 +172,14 @@ def analyze_layers(
     two tasks; prints and plots them and proposes LightCL's freeze point."""
     from edgecl.analysis import analyze_layers as run_analysis
     from edgecl.analysis import write_analysis
-    from edgecl.config import ConfigError, load_config
-    from edgecl.data.base import DataError
+    from edgecl.config import load_config
 
-    overrides = list(set_ or [])
-    if data_root is not None:
-        overrides.append(f"data.root={data_root}")
-    try:
+    overrides = _with_data_root(set_, data_root)
+    with _user_errors():
         cfg = load_config(config, overrides)
         result = run_analysis(cfg, steps=steps, samples=samples, threshold=threshold,
                               normalize_tokens=not raw_tokens)
-    except (ConfigError, DataError, OSError, ValueError) as exc:
-        _fail(str(exc))
-    json_path, png_path = write_analysis(result, out)
+        json_path, png_path = write_analysis(result, out)
     print(result.table())
     console.print(f"wrote {json_path} and {png_path}")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -81,5 +82,16 @@ def atomic_write_text(dest: str | Path, text: str) -> None:
 
 
 def write_json(dest: str | Path, obj: Any) -> None:
-    """``obj`` as indented JSON, atomically. NaN and infinities are refused (not JSON)."""
-    atomic_write_text(dest, json.dumps(obj, indent=1, allow_nan=False) + "\n")
+    """``obj`` as indented JSON, atomically; NaN and infinities (not JSON) become null."""
+    atomic_write_text(dest, json.dumps(finite(obj), indent=1, allow_nan=False) + "\n")
+
+
+def finite(obj: Any) -> Any:
+    """``obj`` with every non-finite float (a mean over nothing) replaced by None."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite(v) for v in obj]
+    return obj

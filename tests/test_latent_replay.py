@@ -9,16 +9,13 @@ import torch
 
 from edgecl.backbones.vit import VisionTransformer, ViTConfig
 from edgecl.data.transforms import eval_transform, train_transform
+from edgecl.efficiency.cwr import cwr_apply, cwr_consolidate, cwr_reset
 from edgecl.efficiency.feature_cache import FeatureCacheConfigError
+from edgecl.efficiency.latent_buffers import LatentBuffer, LatentReservoir
 from edgecl.methods.base import Batch, BenchmarkInfo, OptimConfig, TaskInfo
 from edgecl.methods.latent_replay import (
-    LatentBuffer,
     LatentReplay,
     LatentReplayParams,
-    LatentReservoir,
-    cwr_apply,
-    cwr_consolidate,
-    cwr_reset,
     mixing_sizes,
     replacement_count,
     replay_count,
@@ -172,19 +169,19 @@ def test_stream_mixing_buffer_and_cwr_head() -> None:
     m = build()
     assert run_task(m, 0) == [0.0, 0.0]  # nothing replayed in the first batch
     assert len(m.buffer) == 20 and set(m.buffer.labels[:20].tolist()) <= {0, 1}
-    assert m.has_saved.tolist() == [True, True, False, False]
-    assert torch.equal(m.head.weight[:2], m.saved[:2])
+    assert m.cwr.has_saved.tolist() == [True, True, False, False]
+    assert torch.equal(m.head.weight[:2], m.cwr.saved[:2])
     # task 1: cur_sz = 32 // (52 // 48) = 32, inject 16 → 8 per runner batch of 16
     m.begin_task(task_info(1))
-    assert m.cur_class.tolist() == [True, True, True, True]  # own classes ∪ buffer's
-    counts = m.buffer_counts.clone()
+    assert m.cwr.cur_class.tolist() == [True, True, True, True]  # own classes ∪ buffer's
+    counts = m.cwr.buffer_counts.clone()
     replayed = [m.observe(make_batch(m.info, 1, s)).extra["replayed"] for s in range(2)]
     assert replayed == [8.0, 8.0] and m.cursor == 16
     m.end_task(task_info(1))
     h = min(20 // 2, 32)
     assert len(m.buffer) == 20 and int((m.buffer.labels >= 2).sum()) == h
-    assert m.past_j[:2].sum() == 32 + counts[:2].sum()  # task-0 counts + buffer counts
-    assert m.has_saved.all()
+    assert m.cwr.past_j[:2].sum() == 32 + counts[:2].sum()  # task-0 counts + buffer counts
+    assert m.cwr.has_saved.all()
 
 
 def test_sequential_cursor_restarts_each_epoch() -> None:
@@ -197,14 +194,18 @@ def test_frozen_prefix_unchanged_and_predict_uses_consolidated_head() -> None:
     m = build({"split_layer": 2, "storage": "int8"})
     before = m.modules["backbone"].blocks[1].attn.qkv.weight.clone()
     run_task(m, 0)
-    run_task(m, 1)
+    m.begin_task(task_info(1))
+    m.observe(make_batch(m.info, 1, 0))
+    held = m.buffer.nbytes() + 4 * 32 * 4 + 4 + 4 * 8  # buffer + CWR* stats
+    # during the task: also its 10 pending int8 latents (17 x 32 + 17 scales, label)
+    assert m.buffer_bytes() == held + 10 * (17 * 32 + 17 * 4 + 8)
+    m.observe(make_batch(m.info, 1, 1))
+    m.end_task(task_info(1))
+    assert m.buffer_bytes() == held  # the pending latents are released at the task's end
     assert torch.equal(m.modules["backbone"].blocks[1].attn.qkv.weight, before)
     x = make_batch(m.info, 0, 0).x
     assert m.predict(x).shape == (16, 4)
     assert m.buffer.store.values.dtype == torch.int8
-    assert m.current_bytes() == m.buffer.nbytes() + 4 * 32 * 4 + 4 + 4 * 8  # + CWR* stats
-    # the peak of the task also held its 10 pending int8 latents (17 x 32 + 17 scales, label)
-    assert m.buffer_bytes() == m.current_bytes() + 10 * (17 * 32 + 17 * 4 + 8)
 
 
 def test_plain_head_option() -> None:
@@ -212,13 +213,14 @@ def test_plain_head_option() -> None:
     assert m.head.bias is not None
     run_task(m, 0)
     assert run_task(m, 1) == [8.0, 8.0]
-    assert not m.has_saved.any()
+    assert m.cwr is None
 
 
 def test_cache_and_resume() -> None:
     m = build({"cache_features": True, "split_layer": 3})
     run_task(m, 0, epochs=2)
-    assert m.cache is not None and (m.cache.hits, m.cache.misses) == (32, 32)
+    cache = m.features.cache
+    assert cache is not None and (cache.hits, cache.misses) == (32, 32)
     m.begin_task(task_info(1))
     m.observe(make_batch(m.info, 1, 0))
     state = copy.deepcopy(m.state_dict())  # as torch.save/load would
@@ -226,7 +228,7 @@ def test_cache_and_resume() -> None:
     r.begin_task(task_info(1))
     r.load_state_dict(state)
     a, b = m.observe(make_batch(m.info, 1, 1)), r.observe(make_batch(r.info, 1, 1))
-    assert a.loss == b.loss and r.cache.hits == m.cache.hits
+    assert a.loss == b.loss and r.features.cache.hits == cache.hits
     m.end_task(task_info(1))
     r.end_task(task_info(1))
     assert torch.equal(m.buffer.labels, r.buffer.labels)

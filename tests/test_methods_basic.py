@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
@@ -9,9 +10,11 @@ import pytest
 import torch
 from torch import nn
 
+from edgecl.backbones.vit import VisionTransformer, ViTConfig
 from edgecl.data.base import ArrayDataset
 from edgecl.data.scenarios import class_incremental
 from edgecl.data.transforms import eval_transform
+from edgecl.methods import REGISTRY, method_class
 from edgecl.methods.base import Batch, BenchmarkInfo, OptimConfig, TaskInfo, mask_logits
 from edgecl.methods.er import ER, ERParams
 from edgecl.methods.finetune import Finetune
@@ -150,3 +153,82 @@ def test_a_task_of_known_classes_only_keeps_all_seen_classes():
     m.begin_task(TaskInfo(0, torch.tensor([0, 1, 2]), 4, 1))
     m.begin_task(TaskInfo(1, torch.tensor([0, 1]), 4, 1))  # e.g. a CORe50 NIC batch
     assert m.seen_classes == 3
+
+
+# ---- checkpoints load with torch.load(weights_only=True) -------------------------------------
+class TinyConvNet(nn.Module):
+    """Two 3x3 convs, the second under a ``layer`` prefix (SparCL's sparse layers)."""
+
+    feature_dim = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.layer1 = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer1(self.stem(x)).mean((2, 3))
+
+
+TINY_VIT = ViTConfig(img_size=16, patch_size=8, embed_dim=16, depth=4, num_heads=2)
+REP_FAST = {"selector": {"resolution": 8}}
+EVERY_OPTION = {  # small sizes, and every piece of state switched on
+    "er": {"buffer_size": 4},
+    "derpp": {"buffer_size": 4, "replay_batch_size": 2},
+    "ewc": {"fisher_samples": 2},
+    "sparcl": {"buffer_size": 4, "replay_batch_size": 2, "sparsity": 0.5,
+               "schedule_scale": 0.2, "replay_in_first_task": True},
+    "l2p": {"pool_size": 4, "top_k": 2, "prompt_length": 2},
+    "dualprompt": {"prompt_layers": [1], "g_layers": [0], "pool_size": 2},
+    "coda_prompt": {"pool_size": 4, "prompt_layers": [1]},
+    "l2p_rep": {"pool_size": 4, "top_k": 2, "prompt_length": 2, **REP_FAST},
+    "dualprompt_rep": {"prompt_layers": [1], "g_layers": [0], "pool_size": 2, **REP_FAST},
+    "coda_prompt_rep": {"pool_size": 4, "prompt_layers": [1], **REP_FAST},
+    "lightcl": {"cache_features": True, "freeze_until": 2},
+    "latent_replay": {"rm_sz": 4, "mb_size": 8, "cache_features": True, "split_layer": 2},
+}
+CONV_METHODS = {"finetune", "joint", "er", "ncm", "derpp", "ewc", "lwf", "sparcl"}
+
+
+def tiny_method(name: str):
+    torch.manual_seed(0)
+    cls = method_class(name)
+    size = 8 if name in CONV_METHODS else 16
+    optim = OptimConfig(name="adam", lr=0.01, lr_schedule="cosine")
+    method = cls(cls.Params(**EVERY_OPTION.get(name, {})), optim)
+    tiny = BenchmarkInfo(
+        num_classes=4, n_tasks=2, task_classes=[torch.tensor([0, 1]), torch.tensor([2, 3])],
+        train_transform=eval_transform(size, (0.5,) * 3, (0.5,) * 3),
+        device=torch.device("cpu"), meter=CostMeter(), seed=0, steps_per_task=[2, 2],
+        input_size=size,
+    )
+    method.setup(TinyConvNet() if name in CONV_METHODS else VisionTransformer(TINY_VIT), tiny)
+    return method, size
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_method_state_loads_with_weights_only(name: str, one_thread) -> None:
+    method, size = tiny_method(name)
+    for t in range(2):
+        task = TaskInfo(t, torch.tensor([2 * t, 2 * t + 1]), 8, 2)
+        method.begin_task(task)
+        for epoch in range(2):
+            method.begin_epoch(task, epoch, np.arange(8))
+            for step in range(2):
+                g = torch.Generator().manual_seed(10 * t + step)
+                raw = torch.randint(0, 256, (4, size, size, 3), dtype=torch.uint8, generator=g)
+                x = method.info.train_transform(raw)
+                y = torch.tensor([2 * t, 2 * t + 1] * 2)
+                method.observe(Batch(x, y, raw, torch.arange(4) + 4 * step, t, epoch))
+        if t == 0:
+            method.end_task(task)
+    buf = io.BytesIO()
+    torch.save(method.state_dict(), buf)  # mid-task: per-task buffers and caches are full
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    resumed, _ = tiny_method(name)
+    resumed.begin_task(TaskInfo(1, torch.tensor([2, 3]), 8, 2))
+    resumed.load_state_dict(state)
+    for a, b in zip(method.modules.state_dict().values(), resumed.modules.state_dict().values(),
+                    strict=True):
+        assert torch.equal(a, b)

@@ -159,6 +159,24 @@ def test_phase_timer_accumulates_and_rejects_unknown():
         pass
 
 
+def test_nested_phases_are_exclusive_and_book_their_own_flops():
+    import time
+
+    meter = CostMeter()
+    lin = torch.nn.Linear(4, 3)
+    with meter.active(), meter.phase("forward"):
+        time.sleep(0.02)
+        with meter.phase("prefix"), torch.no_grad():
+            time.sleep(0.05)
+            lin(torch.randn(2, 4))
+        lin(torch.randn(2, 4))
+    assert 0.05 <= meter.seconds["prefix"] < 0.065
+    assert 0.02 <= meter.seconds["forward"] < 0.035  # the nested 0.05 s is not counted twice
+    assert meter.flops["prefix"] == meter.flops["forward"] == 2 * 2 * 4 * 3
+    train = meter.train_flops()
+    assert train["total"] == train["forward"] + train["prefix"] + train["backward"]
+
+
 def test_device_profile_estimate_by_hand():
     nano = PROFILES["jetson_nano"]
     est = nano.estimate(flops=nano.sustained_flops, dram_bytes=1e9)

@@ -381,10 +381,10 @@ def test_real_run_reports_selection_separately(cifar100_root, vit_tiny_path, tmp
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(tree))
     (res,) = run(load_config(path), tmp_path / "run")
-    flops = res["cost"]["flops"]
-    assert flops["selection"] > 0 and flops["train"]["forward"] > 0
-    assert flops["train"]["backward"] < 2 * flops["train"]["forward"]  # no weight grads
-    mem = res["cost"]["memory"]
-    assert 0 < mem["trainable_parameter_bytes"] < mem["parameter_bytes"] / 100
-    assert res["cost"]["time_s"]["selection"] > 0
-    assert [len(r) for r in res["accuracy"]["class_il"]["matrix"]] == [1, 2]
+    flops = res.cost.flops.train
+    assert flops.selection > 0 and flops.forward > 0
+    assert flops.backward < 2 * flops.forward  # no weight grads
+    mem = res.cost.memory
+    assert 0 < mem.trainable_parameter_bytes < mem.parameter_bytes / 100
+    assert res.cost.time_s.selection > 0
+    assert [len(r) for r in res.accuracy.class_il.matrix] == [1, 2]

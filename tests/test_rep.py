@@ -302,7 +302,7 @@ def test_real_run_with_rep(cifar100_root, vit_tiny_path, tmp_path):
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(tree))
     (res,) = run(load_config(path), tmp_path / "run")
-    flops = res["cost"]["flops"]
-    assert flops["selection"] > 0 and flops["train"]["forward"] > 0
-    assert res["cost"]["memory"]["buffer_bytes"] == 4 * 192 * 4 + 16 * 4
-    assert [len(r) for r in res["accuracy"]["class_il"]["matrix"]] == [1, 2]
+    flops = res.cost.flops.train
+    assert flops.selection > 0 and flops.forward > 0
+    assert res.cost.memory.buffer_bytes == 4 * 192 * 4 + 16 * 4
+    assert [len(r) for r in res.accuracy.class_il.matrix] == [1, 2]

@@ -11,7 +11,6 @@ reproduce the accuracies recorded for that task.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,10 +19,11 @@ import pytest
 import torch
 import yaml
 
-import edgecl.runner as runner
+import edgecl.runner.checkpoint as checkpoints
 from edgecl.backbones.vit import VisionTransformer, ViTConfig
 from edgecl.config import load_config
-from edgecl.runner import MethodRun, build_backbone, build_scenario, evaluate, run
+from edgecl.runner import TrainingLoop, build_backbone, build_scenario, evaluate, run, setup_method
+from edgecl.schema import load_results
 
 TINY_VIT = ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=5, num_heads=1)
 STEPS_PER_TASK = 4  # 2 classes x 4 images, batch 4, 2 epochs
@@ -81,7 +81,7 @@ def assert_same(a, b, where: str) -> None:
 
 
 def checkpoint(path: Path) -> dict:
-    return torch.load(path, weights_only=False)
+    return torch.load(path, weights_only=True)
 
 
 @pytest.fixture(scope="module")
@@ -117,17 +117,18 @@ def runs(request, one_thread, cifar100_root, tiny_vit_weights, tmp_path_factory)
 
     # the uninterrupted run, keeping a copy of every task-end checkpoint on the way
     task_ends: dict[int, Path] = {}
-    save = runner.save_checkpoint
+    save = checkpoints.save
 
-    def keep_task_ends(path: Path, state: dict) -> None:
-        save(path, state)
-        pos = state["position"]
+    def keep_task_ends(path: Path, state: dict, frozen_sha256: str) -> int:
+        size = save(path, state, frozen_sha256)
+        pos = state["loop"]["position"]
         if pos["step"] == 0 and path.parent == reference_dir:
             task_ends[pos["task"]] = tmp / f"task_end{pos['task']}.pt"
             shutil.copyfile(path, task_ends[pos["task"]])
+        return size
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runner, "save_checkpoint", keep_task_ends)
+        patch.setattr(checkpoints, "save", keep_task_ends)
         (reference,) = run(cfg, tmp / "reference")
     assert sorted(task_ends) == [1, 2, 3]
 
@@ -136,7 +137,7 @@ def runs(request, one_thread, cifar100_root, tiny_vit_weights, tmp_path_factory)
     for stop in (3, 2 * STEPS_PER_TASK + 1):
         with pytest.raises(Interrupted):
             run(cfg, tmp / "interrupted", resume=True, progress_factory=stopping_at(stop))
-        pos = checkpoint(resumed_dir / "checkpoint.pt")["position"]
+        pos = checkpoint(resumed_dir / "checkpoint.pt")["loop"]["position"]
         assert pos["task"] * STEPS_PER_TASK + pos["step"] == stop - 1
         assert not (resumed_dir / "results.json").exists()
     (resumed,) = run(cfg, tmp / "interrupted", resume=True)
@@ -148,18 +149,18 @@ def runs(request, one_thread, cifar100_root, tiny_vit_weights, tmp_path_factory)
 
 def test_resumed_run_ends_bit_identical(runs):
     ref, res = runs.reference, runs.resumed
-    assert res["accuracy"] == ref["accuracy"]  # matrices and summaries, class-IL and task-IL
-    assert res["cost"]["flops"] == ref["cost"]["flops"]
-    assert ref["cost"]["flops"]["selection"] > 0 and ref["cost"]["flops"]["eval"] > 0
-    memory = [k for k in ref["cost"]["memory"] if k not in ("peak_rss_bytes",)]
-    assert {k: res["cost"]["memory"][k] for k in memory} == {
-        k: ref["cost"]["memory"][k] for k in memory}
-    assert [t["train_steps"] for t in res["per_task"]] == [STEPS_PER_TASK] * 3
-    assert [t["train_steps"] for t in ref["per_task"]] == [STEPS_PER_TASK] * 3
+    assert res.accuracy == ref.accuracy  # matrices and summaries, class-IL and task-IL
+    assert res.cost.flops == ref.cost.flops
+    assert ref.cost.flops.train.selection > 0 and ref.cost.flops.eval > 0
+    assert res.cost.memory.model_copy(update={"peak_rss_bytes": 0}) == (
+        ref.cost.memory.model_copy(update={"peak_rss_bytes": 0}))
+    assert [t.train_steps for t in res.per_task] == [STEPS_PER_TASK] * 3
+    assert [t.train_steps for t in ref.per_task] == [STEPS_PER_TASK] * 3
     # the final state: prompts/components, keys, head, optimizer, scheduler, generator, RNG
     full = checkpoint(runs.reference_dir / "checkpoint.pt")
     again = checkpoint(runs.resumed_dir / "checkpoint.pt")
-    assert again["position"] == full["position"] == {"task": 3, "epoch": 0, "batch": 0, "step": 0}
+    end = {"task": 3, "epoch": 0, "batch": 0, "step": 0}
+    assert again["loop"]["position"] == full["loop"]["position"] == end
     assert_same(again["method"], full["method"], "method")
     assert torch.equal(again["torch_rng"], full["torch_rng"])
     if runs.name == "coda_prompt":  # the cosine schedule went on after the mid-task resume
@@ -167,28 +168,28 @@ def test_resumed_run_ends_bit_identical(runs):
 
 
 def test_task_end_checkpoint_reevaluates_to_the_recorded_accuracy(runs):
-    """Restore a task-end checkpoint in a fresh MethodRun and evaluate: what results.json says."""
-    recorded = json.loads((runs.reference_dir / "results.json").read_text())["accuracy"]
+    """Restore a task-end checkpoint in a fresh loop and evaluate: what results.json says."""
+    recorded = load_results(runs.reference_dir).accuracy
     scenario, bundle = build_scenario(runs.cfg), build_backbone(runs.cfg)
     for t, path in sorted(runs.task_ends.items()):
         fresh = runs.tmp / f"reeval{t}"
         fresh.mkdir()
         shutil.copyfile(path, fresh / "checkpoint.pt")
-        method_run = MethodRun(
-            runs.cfg, runs.cfg.methods[0], scenario, bundle, fresh, torch.device("cpu"))
-        method_run.restore()
-        assert method_run.position == {"task": t, "epoch": 0, "batch": 0, "step": 0}
+        setup = setup_method(
+            runs.cfg, runs.cfg.methods[0], scenario, bundle, torch.device("cpu"))
+        loop = TrainingLoop(setup, fresh / "checkpoint.pt")
+        loop.restore()
+        assert loop.position == {"task": t, "epoch": 0, "batch": 0, "step": 0}
         cil, til = evaluate(
-            method_run.method, scenario, t - 1, method_run.eval_tf,
-            method_run.train_cfg.eval_batch_size, method_run.meter, torch.device("cpu"),
+            setup.method, scenario, t - 1, setup.eval_tf, setup.train_cfg.eval_batch_size,
+            setup.meter, torch.device("cpu"),
         )
-        assert til == recorded["task_il"]["matrix"][t - 1], (t, til)
-        assert cil == recorded["class_il"]["matrix"][t - 1], (t, cil)
+        assert til == recorded.task_il.matrix[t - 1], (t, til)
+        assert cil == recorded.class_il.matrix[t - 1], (t, cil)
 
 
 def test_per_task_counters_cover_the_whole_resumed_task(runs):
     def counters(res):
-        return [{k: t[k] for k in ("train_steps", "train_samples", "train_flops")}
-                for t in res["per_task"]]
+        return [(t.train_steps, t.train_samples, t.train_flops) for t in res.per_task]
 
     assert counters(runs.resumed) == counters(runs.reference)

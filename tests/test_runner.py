@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,9 +15,10 @@ import pytest
 import torch
 import yaml
 
-from edgecl.config import ConfigError, RunConfig, load_config
-from edgecl.methods.base import NonFiniteLossError
+from edgecl.config import RunConfig, load_config
+from edgecl.errors import ConfigError, NonFiniteLossError
 from edgecl.runner import build_backbone, run
+from edgecl.schema import load_results, parse_results
 
 TINY = {
     "name": "tiny",
@@ -48,64 +50,66 @@ def tiny_results(cifar100_root, vit_tiny_path, tmp_path_factory):
 
 def test_results_json_has_every_field(tiny_results):
     results, out = tiny_results
-    assert [r["run_name"] for r in results] == ["finetune", "er"]
+    assert [r.run_name for r in results] == ["finetune", "er"]
     for res in results:
-        on_disk = json.loads((out / res["run_name"] / "results.json").read_text())
-        assert on_disk == json.loads(json.dumps(res))
-        assert res["schema_version"] == 1 and res["status"] == "completed"
-        assert res["scenario"] == {
+        on_disk = json.loads((out / res.run_name / "results.json").read_text())
+        assert parse_results(on_disk) == res
+        assert on_disk["schema_version"] == 2 and res.status == "completed"
+        assert res.scenario.model_dump() == {
             "dataset": "cifar100", "n_tasks": 2, "class_order": [3, 1, 4, 5],
             "classes_per_task": [2, 2], "train_samples_per_task": [8, 8],
             "test_samples_per_task": [6, 6],
         }
-        for kind in ("class_il", "task_il"):
-            acc = res["accuracy"][kind]
-            assert [len(r) for r in acc["matrix"]] == [1, 2]
-            assert all(0.0 <= a <= 100.0 for row in acc["matrix"] for a in row)
-            last = acc["matrix"][-1]
-            assert acc["final_average"] == pytest.approx(sum(last) / 2)
-            assert acc["forgetting"] == pytest.approx(acc["matrix"][0][0] - last[0])
-            assert acc["bwt"] == pytest.approx(last[0] - acc["matrix"][0][0])
+        for acc in (res.accuracy.class_il, res.accuracy.task_il):
+            assert [len(r) for r in acc.matrix] == [1, 2]
+            assert all(0.0 <= a <= 100.0 for row in acc.matrix for a in row)
+            last = acc.matrix[-1]
+            assert acc.final_average == pytest.approx(sum(last) / 2)
+            assert acc.forgetting == pytest.approx(acc.matrix[0][0] - last[0])
+            assert acc.bwt == pytest.approx(last[0] - acc.matrix[0][0])
         # task-IL on 2-class tasks is at least as good as class-IL over 4 classes
-        assert res["accuracy"]["task_il"]["final_average"] >= (
-            res["accuracy"]["class_il"]["final_average"])
-        flops = res["cost"]["flops"]
-        train = flops["train"]
-        assert train["total"] == train["forward"] + train["backward"] + train["optimizer"]
-        assert train["forward"] > 0 and train["backward"] > train["forward"]
-        assert flops["eval"] > 0 and flops["selection"] == 0
-        assert flops["train_per_sample"] == pytest.approx(train["total"] / flops["train_samples"])
-        mem = res["cost"]["memory"]
-        assert mem["peak_saved_for_backward_bytes"] >= mem["mean_saved_for_backward_bytes"] > 0
-        assert mem["parameter_bytes"] == mem["trainable_parameter_bytes"] == mem["gradient_bytes"]
-        assert mem["training_footprint_bytes"] == (
-            mem["peak_saved_for_backward_bytes"] + mem["parameter_bytes"] + mem["gradient_bytes"]
-            + mem["optimizer_state_bytes"] + mem["buffer_bytes"])
-        assert mem["peak_rss_bytes"] > 0 and mem["cuda_max_allocated_bytes"] is None
-        times = res["cost"]["time_s"]
-        assert all(times[p] >= 0 for p in ("data", "selection", "forward", "backward", "step"))
-        assert times["forward"] > 0 and times["eval"] > 0
-        assert times["wall_total"] >= times["train_total"]
-        energy = res["cost"]["energy"]
-        assert set(energy["estimates"]) == {
-            "host", "jetson_nano", "jetson_xavier_nx", "raspberry_pi_4"}
-        assert "not measurements" in energy["note"] and energy["measured"] is None
-        assert all(e["train_joules"] > 0 for e in energy["estimates"].values())
-        assert [t["task"] for t in res["per_task"]] == [0, 1]
-        assert sum(t["train_flops"] for t in res["per_task"]) == train["total"]
-        assert res["environment"]["torch"] == torch.__version__
+        assert res.accuracy.task_il.final_average >= res.accuracy.class_il.final_average
+        flops = res.cost.flops
+        train = flops.train
+        assert train.total == train.forward + train.backward + train.optimizer
+        assert train.selection == train.prefix == train.other == 0
+        assert train.forward > 0 and train.backward > train.forward and flops.eval > 0
+        assert flops.per_sample.basis == "stream_samples" and flops.per_sample.samples == 16
+        assert flops.per_sample.train_flops == pytest.approx(train.total / 16)
+        mem = res.cost.memory
+        assert mem.peak_saved_for_backward_bytes >= mem.mean_saved_for_backward_bytes > 0
+        assert mem.parameter_bytes == mem.trainable_parameter_bytes == mem.gradient_bytes
+        state = mem.parameter_bytes + mem.gradient_bytes + mem.optimizer_state_bytes
+        # the largest single step: no larger than every peak added, no smaller than any step
+        assert state + mem.peak_saved_for_backward_bytes <= mem.training_footprint_bytes <= (
+            state + mem.peak_saved_for_backward_bytes + mem.buffer_bytes)
+        assert mem.peak_rss_bytes > 0 and mem.cuda_max_allocated_bytes is None
+        times = res.cost.time_s
+        assert min(times.data, times.selection, times.prefix, times.backward, times.step) >= 0
+        assert times.forward > 0 and times.eval > 0
+        assert times.wall_total >= times.train_total
+        energy = res.cost.energy
+        assert set(energy.estimates) == {"host", "jetson_nano", "jetson_xavier_nx",
+                                         "raspberry_pi_4"}
+        assert "not measurements" in energy.note and energy.measured is None
+        assert all(e.train_joules > 0 for e in energy.estimates.values())
+        assert [t.task for t in res.per_task] == [0, 1]
+        assert sum(t.train_flops for t in res.per_task) == train.total
+        assert sum(t.train_samples for t in res.per_task) == flops.samples_observed == 16
+        assert res.environment.torch == torch.__version__
     finetune, er = results
     # the method's hyper-parameters are recorded with their defaults resolved
-    assert er["config"]["method"]["buffer_size"] == 6
-    assert er["config"]["method_params"]["buffer_size"] == 6
-    assert set(er["config"]["method_params"]) >= {"buffer_size", "replay_batch_size"}
+    assert er.config["method"]["buffer_size"] == 6
+    assert er.config["method_params"]["buffer_size"] == 6
+    assert set(er.config["method_params"]) >= {"buffer_size", "replay_batch_size"}
     # momentum SGD keeps one buffer per parameter; ER stores 6 raw 32x32x3 images + labels
-    assert finetune["cost"]["memory"]["optimizer_state_bytes"] == (
-        finetune["cost"]["memory"]["parameter_bytes"])
-    assert er["cost"]["memory"]["buffer_bytes"] == 6 * 32 * 32 * 3 + 6 * 8 + 6 * 8
-    # ER trains on its replayed examples too: more samples and FLOPs than finetune
-    assert er["cost"]["flops"]["train_samples"] > finetune["cost"]["flops"]["train_samples"]
-    assert er["cost"]["flops"]["train"]["total"] > finetune["cost"]["flops"]["train"]["total"]
+    assert finetune.cost.memory.optimizer_state_bytes == finetune.cost.memory.parameter_bytes
+    assert er.cost.memory.buffer_bytes == 6 * 32 * 32 * 3 + 6 * 8 + 6 * 8
+    # ER trains on its replayed examples too: more samples through the model and more FLOPs,
+    # over the same stream
+    assert er.cost.flops.samples_processed > finetune.cost.flops.samples_processed == 16
+    assert er.cost.flops.per_sample.samples == finetune.cost.flops.per_sample.samples
+    assert er.cost.flops.train.total > finetune.cost.flops.train.total
 
 
 def test_reports_are_written(tiny_results):
@@ -138,24 +142,28 @@ def test_killed_run_resumes_to_identical_metrics(cifar100_root, vit_tiny_path, t
     )
     ckpt = killed / "er" / "checkpoint.pt"
     deadline = time.time() + 120
+    position = {"task": 0, "step": 0}
     while time.time() < deadline:
         if ckpt.exists():
-            position = torch.load(ckpt, weights_only=False)["position"]
+            with contextlib.suppress(Exception):  # a rename may land between exists and load
+                position = torch.load(ckpt, weights_only=True)["loop"]["position"]
             if position["task"] == 0 and position["step"] >= 2:
                 break
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    position = torch.load(ckpt, weights_only=False)["position"]
+    position = torch.load(ckpt, weights_only=True)["loop"]["position"]
     assert (position["task"], position["step"] > 0) == (0, True), position  # killed mid-task
     assert not (killed / "er" / "results.json").exists()
 
     done = cli("run", "-q", "--resume", str(killed))
     assert done.returncode == 0, done.stderr
-    resumed = json.loads((killed / "er" / "results.json").read_text())
-    assert resumed["accuracy"] == reference["accuracy"]
-    assert resumed["cost"]["flops"] == reference["cost"]["flops"]
-    assert resumed["cost"]["memory"]["buffer_bytes"] == reference["cost"]["memory"]["buffer_bytes"]
+    resumed = load_results(killed / "er")
+    assert resumed.accuracy == reference.accuracy
+    assert resumed.cost.flops == reference.cost.flops
+    assert resumed.cost.memory.buffer_bytes == reference.cost.memory.buffer_bytes
+    assert resumed.cost.memory.training_footprint_bytes == (
+        reference.cost.memory.training_footprint_bytes)
 
 
 def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(
@@ -179,9 +187,9 @@ def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(
         run(cfg, tmp_path / "out")
     failure = json.loads((tmp_path / "out" / "finetune" / "failure.json").read_text())
     assert failure["status"] == "failed" and "nan" in failure["error"]
-    ckpt = torch.load(tmp_path / "out" / "finetune" / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "out" / "finetune" / "checkpoint.pt", weights_only=True)
     # the last good state: the end of task 0
-    assert ckpt["position"] == {"task": 1, "epoch": 0, "batch": 0, "step": 0}
+    assert ckpt["loop"]["position"] == {"task": 1, "epoch": 0, "batch": 0, "step": 0}
 
 
 def test_config_errors_name_the_field(tmp_path):
@@ -240,3 +248,42 @@ def test_a_from_scratch_backbone_depends_on_the_seed_only():
     other = build_backbone(RunConfig(seed=4, backbone={"name": "resnet18_cifar"}))
     key = next(k for k in first if k.endswith("weight"))
     assert not torch.equal(first[key], other.module.state_dict()[key])
+
+
+def test_callbacks_see_every_hook_and_add_per_task_figures(cifar100_root, vit_tiny_path,
+                                                           tmp_path):
+    from edgecl.runner import Callback
+
+    class Recorder(Callback):
+        def __init__(self):
+            self.events = []
+
+        def on_train_start(self, loop):
+            self.events.append("start")
+
+        def on_task_start(self, loop, task):
+            self.events.append(f"task{task.index}")
+
+        def on_step(self, loop, batch, stats):
+            self.events.append("step")
+
+        def on_task_end(self, loop, task):
+            self.events.append(f"end{task.index}")
+            loop.per_task[-1].setdefault("extra", {})["steps_seen"] = self.events.count("step")
+
+        def on_evaluate(self, loop, t):
+            self.events.append(f"eval{t}")
+
+    tree = json.loads(json.dumps(TINY))
+    tree["methods"] = [{"name": "finetune"}]
+    recorders = []
+
+    def factory(spec):
+        recorders.append(Recorder())
+        return recorders
+
+    (res,) = run(load_config(write_config(tmp_path, tree, cifar100_root)), tmp_path / "o",
+                 callbacks=factory)
+    assert recorders[0].events == ["start", "task0", "step", "step", "end0", "eval0",
+                                   "task1", "step", "step", "end1", "eval1"]
+    assert [t.extra["steps_seen"] for t in res.per_task] == [2, 4]

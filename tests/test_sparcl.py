@@ -341,7 +341,7 @@ def test_mask_applied_after_every_step_and_flops_below_dense():
         for epoch in range(3):
             run_epoch(method, 0, epoch, make_batches(2, 0, seed=epoch))
     res = method.extra_results()["sparse_flops"]
-    dense = method.meter.flops_summary(0)["train"]["total"]
+    dense = method.meter.train_flops()["total"]
     assert res["dense_executed"]["total"] == dense
     assert 0 < res["train"]["total"] < dense
     assert res["mask_updates"] == 3 and res["gradient_mask_refreshes"] == 3
@@ -425,11 +425,11 @@ def test_sparcl_on_real_data_removes_steps(cifar100_root, tmp_path):
     finally:
         torch.set_num_threads(threads)  # the run sets 1 thread; leave the session as it was
     # 16 examples per task, batch 8: 2 + (12 left) 2 + (8 left) 1 steps instead of 6
-    assert [p["train_steps"] for p in res["per_task"]] == [5, 5]
+    assert [p.train_steps for p in res.per_task] == [5, 5]
     # the RigL-style count lands in results.json, below the FLOPs the dense kernels executed
-    sparse = res["cost"]["flops"]["sparse"]
-    assert sparse["accounting"] == "rigl" and sparse["steps"] == 10
-    assert 0 < sparse["train"]["total"] < res["cost"]["flops"]["train"]["total"]
+    sparse = res.cost.flops.sparse
+    assert sparse is not None and sparse["accounting"] == "rigl" and sparse["steps"] == 10
+    assert 0 < sparse["train"]["total"] < res.cost.flops.train.total
     assert (
         json.loads((Path(tmp_path) / "run" / "sparcl" / "results.json").read_text())["status"]
         == "completed"

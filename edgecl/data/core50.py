@@ -183,6 +183,13 @@ def load_core50(
 
 
 # ---- the scenario ---------------------------------------------------------------------------
+def core50_decode_size(img_size: int) -> int:
+    """Images are 128 px: decoded at the backbone's input size when it is smaller, else at 128
+    (the batched transforms resize every batch to the backbone's size, so a 224 px ViT gets
+    upsampled 128 px images, without storing them at 224 px)."""
+    return min(CORE50_INFO["image_size"], img_size)
+
+
 def first_appearance_order(batches: list[np.ndarray]) -> np.ndarray:
     """Original class ids in the order they first appear in the stream."""
     order: list[int] = []

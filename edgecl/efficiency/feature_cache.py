@@ -26,8 +26,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from edgecl.config import ConfigError
 from edgecl.data.transforms import BatchTransform
+from edgecl.errors import ConfigError
 
 Storage = Literal["fp32", "fp16", "int8"]
 STORAGE_DTYPES: dict[str, torch.dtype] = {
@@ -168,6 +168,11 @@ class FeatureCache:
     def clear(self) -> None:
         self.store = TensorStore(0, self.store.storage)
         self.slot_of = {}
+
+    def reset(self, n: int) -> None:
+        """Empty, then pre-sized for ``n`` samples (e.g. a new task's training set)."""
+        self.clear()
+        self.reserve(n)
 
     def nbytes(self) -> int:
         # Values + scales + the index → slot map (two int64 per entry).

@@ -69,6 +69,17 @@ def resolve_freeze_point(backbone: nn.Module, spec: FreezeSpec, default: int) ->
     return k
 
 
+def reference_cnn_split(backbone: nn.Module) -> int | None:
+    """Frozen layers of LightCL's and AR1*'s reference CNN splits: through ResNet-18's
+    ``layer3`` (``layer4`` trains) or EfficientNet-Lite0's ``stage6`` (``stage7`` and the 1x1
+    head train); None for a backbone without those layers (a ViT)."""
+    names = layer_names(backbone)
+    for stage in ("layer3", "stage6"):
+        if stage in names:
+            return names.index(stage) + 1
+    return None
+
+
 def prefix_modules(backbone: nn.Module, k: int) -> list[nn.Module]:
     """Modules that make up the first ``k`` layers (ViT: with the embedding)."""
     if k == 0:

@@ -20,6 +20,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from edgecl.efficiency.mask_set import MaskSet
+
 RelativeTo = Literal["layer", "live"]
 
 
@@ -50,7 +52,7 @@ def topk_gradient_mask(
 
 
 @dataclass
-class DynamicGradientMask:
+class DynamicGradientMask(MaskSet):
     """Gradient masks for a dict of weight tensors, refreshed every ``refresh_every`` batches."""
 
     params: dict[str, nn.Parameter]
@@ -90,19 +92,9 @@ class DynamicGradientMask:
             grad.mul_(weight_mask)
         return topk_gradient_mask(grad, 1.0 - self.gradient_sparsity, weight_mask, self.relative_to)
 
-    def densities(self) -> dict[str, float]:
-        """Fraction of kept gradient entries per layer (cached until the next refresh)."""
-        if self._densities is None:
-            self._densities = {n: float(m.float().mean()) for n, m in self.masks.items()}
-        return dict(self._densities)
-
-    def nbytes(self) -> int:
-        return sum(m.numel() * m.element_size() for m in self.masks.values())
-
     def state_dict(self) -> dict[str, Any]:
-        return {"masks": {n: m.clone() for n, m in self.masks.items()}, "refreshes": self.refreshes}
+        return {"masks": self.masks_state(), "refreshes": self.refreshes}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.masks = {n: m.clone() for n, m in state["masks"].items()}
+        self.load_masks(state["masks"])
         self.refreshes = state["refreshes"]
-        self._densities = None

@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from edgecl.efficiency.mask_set import MaskSet
+
 
 def select_sparse_convs(
     model: nn.Module,
@@ -171,7 +173,7 @@ class BoundSchedule:
 
 
 @dataclass
-class TaskAwareDynamicMask:
+class TaskAwareDynamicMask(MaskSet):
     """Masks for a dict of weight tensors, updated by :class:`BoundSchedule`."""
 
     params: dict[str, nn.Parameter]
@@ -217,24 +219,14 @@ class TaskAwareDynamicMask:
             if w.grad is not None:
                 w.grad.mul_(self.masks[name])
 
-    def densities(self) -> dict[str, float]:
-        """Fraction of live entries per layer (cached until the masks change)."""
-        if self._densities is None:
-            self._densities = {n: float(m.float().mean()) for n, m in self.masks.items()}
-        return dict(self._densities)
-
     def overall_sparsity(self) -> float:
         total = sum(m.numel() for m in self.masks.values())
         live = sum(int(m.sum()) for m in self.masks.values())
         return 1.0 - live / total if total else 0.0
 
-    def nbytes(self) -> int:
-        return sum(m.numel() * m.element_size() for m in self.masks.values())
-
     def state_dict(self) -> dict[str, Any]:
-        return {"masks": {n: m.clone() for n, m in self.masks.items()}, "updates": self.updates}
+        return {"masks": self.masks_state(), "updates": self.updates}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.masks = {n: m.clone() for n, m in state["masks"].items()}
+        self.load_masks(state["masks"])
         self.updates = state["updates"]
-        self._densities = None

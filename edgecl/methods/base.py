@@ -10,19 +10,22 @@ Lifecycle (driven by :mod:`edgecl.runner`)::
         predict(x)                           # logits over all classes (class-IL)
 
 ``state_dict``/``load_state_dict`` hold everything needed to resume bit for bit (model,
-optimizer, buffers, the method's random generator).
+optimizer, buffers, the method's random generator). On a resume the runner sets the method
+up afresh, calls ``begin_task`` of the task recorded in the saved state (``task_index``, the
+last task begun), then ``load_state_dict``: a method rebuilds a task's structures in
+``begin_task`` as always, and its saved state overwrites them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from edgecl.data.transforms import BatchTransform
@@ -36,16 +39,21 @@ class MethodParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
 class OptimConfig(BaseModel):
+    """The optimizer of a method and its per-task learning-rate schedule."""
+
     model_config = ConfigDict(extra="forbid")
-    name: str = "sgd"  # sgd | adam | adamw
-    lr: float = 0.01
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float | None = None
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.01, gt=0.0, allow_inf_nan=False)
+    momentum: float = Field(0.0, ge=0.0, lt=1.0)  # sgd only
+    weight_decay: float = Field(0.0, ge=0.0, allow_inf_nan=False)
+    betas: tuple[Beta, Beta] = (0.9, 0.999)  # adam and adamw only
+    grad_clip: float | None = Field(None, gt=0.0)  # max gradient norm; None: no clipping
     reset_each_task: bool = True
-    lr_schedule: str = "constant"  # constant | cosine (per task)
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # over each task's steps
 
 
 @dataclass

@@ -29,25 +29,17 @@ from typing import Any
 from pydantic import Field
 from torch import Tensor
 
-from edgecl.efficiency.prompts import CodaComponents, Tuning, layer_inputs, stored_length
+from edgecl.efficiency.prompts import CodaComponents, layer_inputs, stored_length
 from edgecl.methods.base import BenchmarkInfo, TaskInfo
-from edgecl.methods.prompt_base import (
-    HeadInput,
-    PrefixMode,
-    PromptBatch,
-    PromptMethod,
-    PromptParams,
-)
+from edgecl.methods.prompt_base import PromptBatch, PromptMethod, PromptParams
 
 
 class CodaPromptParams(PromptParams):
     pool_size: int = Field(100, ge=1)
     prompt_length: int = Field(8, ge=1)
     ortho_mu: float = Field(0.0, ge=0.0)
-    tuning: Tuning = "prefix"
     prompt_layers: list[int] = [0, 1, 2, 3, 4]
-    prefix_mode: PrefixMode = "split"
-    head_input: HeadInput = "cls"
+    # tuning prefix, prefix_mode split and head_input cls: PromptParams' defaults
 
 
 class CodaPrompt(PromptMethod):

@@ -1,7 +1,7 @@
 """DER++: dark experience replay (Buzzega et al., NeurIPS 2020).
 
-The reservoir buffer (:class:`~edgecl.efficiency.replay_buffer.ReservoirBuffer`) keeps raw
-uint8 images, their labels and the logits the network produced for them *when they were
+The reservoir buffer (:class:`~edgecl.methods.rehearsal.RehearsalMethod`) keeps raw uint8
+images, their labels and the logits the network produced for them *when they were
 inserted* (the training forward pass of that step, so no extra forward is needed). Each step
 
     L = CE(f(x), y) + alpha * MSE(f(x'), z') + beta * CE(f(x''), y'')
@@ -26,25 +26,15 @@ Choices (reference: mammoth ``models/derpp.py``):
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch.nn.functional as F
 from pydantic import Field
-from torch import Tensor, nn
+from torch import Tensor
 
-from edgecl.efficiency.replay_buffer import ReservoirBuffer
-from edgecl.methods.base import (
-    Batch,
-    BenchmarkInfo,
-    ClassifierMethod,
-    MethodParams,
-    StepStats,
-    mask_logits,
-)
+from edgecl.methods.base import Batch, StepStats, mask_logits
+from edgecl.methods.rehearsal import RehearsalMethod, RehearsalParams
 
 
-class DERppParams(MethodParams):
-    buffer_size: int = Field(500, ge=1)
+class DERppParams(RehearsalParams):
     alpha: float = Field(0.1, ge=0.0)  # weight of the logit MSE on x'
     beta: float = Field(0.5, ge=0.0)  # weight of the label CE on x''
     replay_batch_size: int = Field(32, ge=1)  # size of each of the two buffer draws
@@ -52,36 +42,22 @@ class DERppParams(MethodParams):
     current_task_logit_mask: bool = False
 
 
-class DERpp(ClassifierMethod):
+class DERpp(RehearsalMethod):
     name = "derpp"
     Params = DERppParams
     params: DERppParams
-
-    def setup(self, backbone: nn.Module, info: BenchmarkInfo) -> None:
-        super().setup(backbone, info)
-        self.buffer = ReservoirBuffer(self.params.buffer_size, self.rng)
-
-    def buffer_bytes(self) -> int:
-        return self.buffer.nbytes()
 
     @property
     def stores_logits(self) -> bool:
         return self.params.alpha > 0
 
     # ---- losses --------------------------------------------------------------------------
-    def current_loss(self, logits: Tensor, y: Tensor) -> Tensor:
-        if self.params.current_task_logit_mask:
-            return F.cross_entropy(mask_logits(logits, self.current_classes), y)
-        return self.classification_loss(logits, y)
-
-    def draw(self) -> tuple[Tensor, Tensor, Tensor | None]:
-        """One augmented buffer minibatch: (x, labels, stored logits or None)."""
-        idx = self.buffer.sample(self.params.replay_batch_size)
-        with self.meter.phase("data"):
-            x = self.info.train_transform(self.buffer.images[idx], self.rng).to(self.device)
-        y = self.buffer.labels[idx].to(self.device)
-        z = self.buffer.logits[idx].to(self.device) if self.buffer.logits is not None else None
-        return x, y, z
+    def forward_loss(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """The current batch's CE (over the current task's classes with the task mask)."""
+        if not self.params.current_task_logit_mask:
+            return super().forward_loss(batch)
+        logits = self.net(batch.x)
+        return F.cross_entropy(mask_logits(logits, self.current_classes), batch.y), logits
 
     def replays(self) -> bool:
         if len(self.buffer) == 0:
@@ -95,45 +71,33 @@ class DERpp(ClassifierMethod):
         total: Tensor | None = None
         n = 0
         if self.params.alpha > 0:
-            x1, _, z1 = self.draw()
+            first = self.draw(self.params.replay_batch_size)
             with self.meter.phase("forward"):
-                mse = F.mse_loss(self.net(x1), z1)
+                mse = F.mse_loss(self.net(first.x), first.logits)
             terms["mse"] = float(mse.detach())
-            total, n = self.params.alpha * mse, n + len(x1)
+            total, n = self.params.alpha * mse, n + len(first)
         if self.params.beta > 0:
-            x2, y2, _ = self.draw()
+            second = self.draw(self.params.replay_batch_size)
             with self.meter.phase("forward"):
-                ce = self.classification_loss(self.net(x2), y2)
+                ce = self.classification_loss(self.net(second.x), second.y)
             terms["buffer_ce"] = float(ce.detach())
             term = self.params.beta * ce
-            total, n = (term if total is None else total + term), n + len(x2)
+            total, n = (term if total is None else total + term), n + len(second)
         return total, n
 
     # ---- the step ------------------------------------------------------------------------
     def observe(self, batch: Batch) -> StepStats:
         self.net.train()
         with self.meter.phase("forward"):
-            logits = self.net(batch.x)
-            loss = self.current_loss(logits, batch.y)
+            loss, logits = self.forward_loss(batch)
         terms = {"ce": float(loss.detach())}
         self.after_forward(batch, logits.detach())
         replay, n_replay = self.replay_loss(terms)
         if replay is not None:
             loss = loss + replay
         self.optimize(loss)
-        stored = logits.detach() if self.stores_logits else None
-        self.buffer.add(batch.raw, batch.y, logits=stored, task_id=batch.task_id)
+        self.remember(batch, logits.detach() if self.stores_logits else None)
         return StepStats(float(loss.detach()), len(batch.y) + n_replay, terms)
 
     def after_forward(self, batch: Batch, logits: Tensor) -> None:
         """Hook with the current batch's logits (before the update); SparCL's DDR uses it."""
-
-    # ---- resume --------------------------------------------------------------------------
-    def extra_state(self) -> dict[str, Any]:
-        return {"buffer": self.buffer.state_dict()}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.buffer.load_state_dict(state["buffer"])
-
-    def extra_results(self) -> dict[str, Any]:
-        return {}

@@ -41,12 +41,11 @@ from edgecl.efficiency.prompts import (
 )
 from edgecl.methods.base import TaskInfo
 from edgecl.methods.l2p import L2P, L2PParams
-from edgecl.methods.prompt_base import HeadInput, PosEmbed, PrefixMode, PromptBatch
+from edgecl.methods.prompt_base import HeadInput, PosEmbed, PromptBatch
 
 
 class DualPromptParams(L2PParams):
-    pool_size: int = Field(10, ge=1)
-    prompt_length: int = Field(5, ge=1)
+    # pool_size 10, prompt_length 5 and prefix_mode per_kv: L2PParams' defaults
     top_k: int = Field(1, ge=1)
     task_prompts: bool = True
     warm_start: bool = True
@@ -55,7 +54,6 @@ class DualPromptParams(L2PParams):
     pull_lambda: float = 1.0
     tuning: Tuning = "prefix"
     prompt_layers: list[int] = [2, 3, 4]
-    prefix_mode: PrefixMode = "per_kv"
     prompt_pos_embed: PosEmbed = "none"
     head_input: HeadInput = "cls"
     g_length: int = Field(5, ge=0)  # 0: no G-prompt

@@ -31,12 +31,11 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch import Tensor, nn
+from torch import Tensor
 
 from edgecl.efficiency.replay_buffer import ReservoirBuffer
 from edgecl.methods.base import (
     Batch,
-    BenchmarkInfo,
     ClassifierMethod,
     MethodParams,
     StepStats,
@@ -84,11 +83,10 @@ class OnlineEWC(ClassifierMethod):
     Params = OnlineEWCParams
     params: OnlineEWCParams
 
-    def setup(self, backbone: nn.Module, info: BenchmarkInfo) -> None:
-        super().setup(backbone, info)
-        self.fisher: dict[str, Tensor] | None = None
-        self.anchor: dict[str, Tensor] | None = None
-        self.cache: ReservoirBuffer | None = None
+    # set at the end of the first task / the start of every task
+    fisher: dict[str, Tensor] | None = None
+    anchor: dict[str, Tensor] | None = None
+    cache: ReservoirBuffer | None = None
 
     @property
     def coefficient(self) -> float:
@@ -121,7 +119,7 @@ class OnlineEWC(ClassifierMethod):
     def observe(self, batch: Batch) -> StepStats:
         self.net.train()
         with self.meter.phase("forward"):
-            loss = self.classification_loss(self.net(batch.x), batch.y)
+            loss, _ = self.forward_loss(batch)
             extra = {"ce": float(loss.detach())}
             penalty = self.penalty()
             if penalty is not None:
@@ -155,13 +153,12 @@ class OnlineEWC(ClassifierMethod):
     def _accumulate_example(
         self, i: int, params: dict[str, Tensor], fisher: dict[str, Tensor]
     ) -> None:
-        assert self.cache is not None and self.cache.images is not None
+        assert self.cache is not None
         with self.meter.phase("data"):
-            x = self.info.train_transform(self.cache.images[i : i + 1], self.rng).to(self.device)
-        y = self.cache.labels[i : i + 1].to(self.device)
+            example = self.cache.take(slice(i, i + 1), self.info.train_transform, self.device)
         with self.meter.phase("forward"):
-            log_probs = F.log_softmax(mask_logits(self.net(x), self.seen_classes), dim=1)
-            log_p = log_probs.gather(1, y[:, None]).sum()
+            log_probs = F.log_softmax(mask_logits(self.net(example.x), self.seen_classes), dim=1)
+            log_p = log_probs.gather(1, example.y[:, None]).sum()
         with self.meter.phase("backward"):
             grads = torch.autograd.grad(log_p, list(params.values()), allow_unused=True)
         weight = float(log_p.detach().exp()) if self.params.fisher_weight_by_prob else 1.0

@@ -27,13 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from edgecl.config import ConfigError
-from edgecl.efficiency.feature_cache import (
-    FeatureCache,
-    FeatureCacheConfigError,
-    Storage,
-    require_unaugmented,
-)
+from edgecl.efficiency.feature_cache import Storage
 from edgecl.efficiency.freezing import (
     FreezeSpec,
     FrozenBN,
@@ -42,9 +36,13 @@ from edgecl.efficiency.freezing import (
     channel_dim,
     is_vit,
     layer_names,
+    reference_cnn_split,
     resolve_freeze_point,
     tap_points,
 )
+from edgecl.efficiency.prefix_features import PrefixFeatures
+from edgecl.efficiency.replay_buffer import augment
+from edgecl.errors import ConfigError
 from edgecl.methods.base import (
     Batch,
     BenchmarkInfo,
@@ -127,12 +125,8 @@ def pattern_loss(
 
 def default_freeze_point(backbone: nn.Module) -> int:
     """The released code's split, carried over: only the last two blocks/stages train."""
-    names = layer_names(backbone)
-    if "layer3" in names:  # CIFAR ResNet-18: conv1, layer1-3 frozen; layer4 (2 blocks) trains
-        return names.index("layer3") + 1
-    if "stage6" in names:  # EfficientNet-Lite0: stage7 (last MBConv) and the 1x1 head train
-        return names.index("stage6") + 1
-    return max(0, len(names) - 2)  # ViT: all but the last two blocks
+    cnn = reference_cnn_split(backbone)
+    return cnn if cnn is not None else max(0, len(layer_names(backbone)) - 2)  # ViT
 
 
 def freeze_point_from_analysis(path: str | None, backbone: nn.Module) -> int:
@@ -166,19 +160,12 @@ class LightCL(ClassifierMethod):
         else:
             k = resolve_freeze_point(backbone, p.freeze_until, default_freeze_point(backbone))
         self.frozen = FrozenPrefix(backbone, k, p.frozen_bn)
+        storage = p.cache_storage if p.cache_features else None
+        self.features = PrefixFeatures.build(self.frozen, storage, info.train_transform,
+                                             self.name, "freeze_until", self.meter)
         self.vit = is_vit(backbone)
         self.taps = tap_points(backbone, k)
-        self.cache: FeatureCache | None = None
-        if p.cache_features:
-            require_unaugmented(info.train_transform, self.name)
-            if k == 0 or not self.frozen.deterministic:
-                raise FeatureCacheConfigError(
-                    "lightcl: cache_features=true needs a frozen prefix (freeze_until > 0) "
-                    "that is a fixed function of its input (frozen_bn: eval)"
-                )
-            self.cache = FeatureCache(p.cache_storage)
         self.masks: dict[str, Tensor] = {}
-        self.peak_bytes = 0  # largest buffer_bytes of the current task (buffers come and go)
         self.reset_task_state()
 
     def reset_task_state(self) -> None:
@@ -189,19 +176,9 @@ class LightCL(ClassifierMethod):
 
     # ---- lifecycle -----------------------------------------------------------------------
     def begin_task(self, task: TaskInfo) -> None:
-        previous = self.seen_classes
         self.reset_task_state()
-        self.peak_bytes = 0
-        if self.cache is not None:
-            self.cache.clear()
-            self.cache.reserve(task.n_train)
+        self.features.begin_task(task.n_train)
         super().begin_task(task)
-        self.seen_classes = max(previous, self.seen_classes)
-
-    def prefix_of(self, batch: Batch) -> Tensor:
-        if self.cache is not None:
-            return self.cache.fetch(batch.index, batch.x, self.frozen.prefix)
-        return self.frozen.prefix(batch.x)
 
     def forward_taps(self, h: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         with TapRecorder(self.taps) as rec:
@@ -240,12 +217,11 @@ class LightCL(ClassifierMethod):
                 self.record_reference(batch)
         with self.meter.phase("forward"):
             reg = self.buffer_loss() if self.ref_logits is not None else None
-            logits = self.net.head(self.frozen.suffix(self.prefix_of(batch)))
+            logits = self.net.head(self.frozen.suffix(self.features(batch.x, batch.index)))
             ce = self.ce_loss(logits, batch.y)
             loss = ce if reg is None else ce + reg
         self.optimize(loss)
         self.add_to_stash(batch)
-        self.peak_bytes = max(self.peak_bytes, self.current_bytes())
         n_buffer = 0 if self.buffer is None else len(self.buffer)
         extra = {"ce": float(ce.detach()), "pattern": 0.0 if reg is None else float(reg.detach())}
         return StepStats(float(loss.detach()), len(batch.y) + n_buffer, extra)
@@ -255,25 +231,24 @@ class LightCL(ClassifierMethod):
         room = self.params.importance_samples - have
         if room <= 0:
             return
-        new = (batch.index if self.cache is not None else batch.raw)[:room].detach().cpu().clone()
+        cached = self.features.cache is not None
+        new = (batch.index if cached else batch.raw)[:room].detach().cpu().clone()
         self.stash = new if self.stash is None else torch.cat([self.stash, new])
 
     def end_task(self, task: TaskInfo) -> None:
         if self.stash is not None and len(self.stash):
             with self.meter.phase("forward"):
                 self.update_masks(self.stash)
-        self.peak_bytes = max(self.peak_bytes, self.current_bytes())
         self.reset_task_state()
 
     @torch.no_grad()
     def update_masks(self, stash: Tensor) -> None:
         """Importance on one batch of the task (training mode, as the reference), OR-ed in."""
         self.frozen.train_mode()
-        if self.cache is not None:
-            h = self.cache.get(stash).to(self.device)
+        if self.features.cache is not None:
+            h = self.features.cache.get(stash).to(self.device)
         else:
-            x = self.info.train_transform(stash, self.rng).to(self.device)
-            h = self.frozen.prefix(x)
+            h = self.frozen.prefix(augment(stash, self.info.train_transform, self.rng, self.device))
         feats, _ = self.forward_taps(h)
         for name, f in feats.items():
             mask = select_channels(channel_importance(f, self.vit), self.params.ratio,
@@ -287,28 +262,20 @@ class LightCL(ClassifierMethod):
         tensors += [t for t in (self.buffer, self.ref_logits, self.stash) if t is not None]
         return tensors
 
-    def current_bytes(self) -> int:
-        cache = self.cache.nbytes() if self.cache is not None else 0
-        return tensor_bytes(self.state_tensors()) + cache
-
     def buffer_bytes(self) -> int:
         """Masks, the 15-image buffer, reference features/logits, the importance stash and the
-        cache: the largest total of the current task (the runner samples at task ends, after
-        the per-task buffer is released)."""
-        return max(self.peak_bytes, self.current_bytes())
+        cache, as held now (the per-task ones are released at the task's end)."""
+        return tensor_bytes(self.state_tensors()) + self.features.nbytes()
 
     def extra_state(self) -> dict[str, Any]:
         return {
             "masks": self.masks, "buffer": self.buffer, "ref_feats": self.ref_feats,
             "ref_logits": self.ref_logits, "stash": self.stash,
-            "cache": self.cache.state_dict() if self.cache is not None else None,
-            "peak_bytes": self.peak_bytes,
+            "cache": self.features.state_dict(),
         }
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.masks = dict(state["masks"])
         self.buffer, self.ref_logits = state["buffer"], state["ref_logits"]
         self.ref_feats, self.stash = dict(state["ref_feats"]), state["stash"]
-        self.peak_bytes = state["peak_bytes"]
-        if self.cache is not None and state["cache"] is not None:
-            self.cache.load_state_dict(state["cache"])
+        self.features.load_state_dict(state["cache"])

@@ -26,14 +26,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from edgecl.methods.base import (
-    Batch,
-    BenchmarkInfo,
-    ClassifierMethod,
-    MethodParams,
-    StepStats,
-    TaskInfo,
-)
+from edgecl.methods.base import Batch, ClassifierMethod, MethodParams, StepStats, TaskInfo
 
 
 class LwFParams(MethodParams):
@@ -51,10 +44,7 @@ class LwF(ClassifierMethod):
     name = "lwf"
     Params = LwFParams
     params: LwFParams
-
-    def setup(self, backbone: nn.Module, info: BenchmarkInfo) -> None:
-        super().setup(backbone, info)
-        self.old_classes = 0  # classes the old model distils (those of earlier tasks)
+    old_classes = 0  # classes the old model distils (those of earlier tasks)
 
     @property
     def old_net(self) -> nn.Module | None:
@@ -70,8 +60,7 @@ class LwF(ClassifierMethod):
     def observe(self, batch: Batch) -> StepStats:
         self.net.train()
         with self.meter.phase("forward"):
-            logits = self.net(batch.x)
-            loss = self.classification_loss(logits, batch.y)
+            loss, logits = self.forward_loss(batch)
             extra = {"ce": float(loss.detach())}
             old = self.old_net
             if old is not None and self.old_classes > 0 and self.params.alpha:

@@ -12,7 +12,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from edgecl.methods.base import Batch, BenchmarkInfo, Method, MethodParams, StepStats
+from edgecl.methods.base import (
+    Batch,
+    BenchmarkInfo,
+    Method,
+    MethodParams,
+    StepStats,
+    feature_dim_of,
+)
 
 
 class NCMParams(MethodParams):
@@ -28,7 +35,7 @@ class NCM(Method):
         super().setup(backbone, info)
         self.backbone = backbone.to(self.device).eval().requires_grad_(False)
         self.modules["backbone"] = self.backbone
-        dim = int(getattr(backbone, "feature_dim", getattr(backbone, "embed_dim", 0)))
+        dim = feature_dim_of(backbone)
         self.sums = torch.zeros(info.num_classes, dim, dtype=torch.float64)
         self.counts = torch.zeros(info.num_classes, dtype=torch.float64)
 

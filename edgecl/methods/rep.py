@@ -24,7 +24,7 @@ Merging and dropping act on training forwards only; evaluation runs every block 
 token. ALD's ``t`` counts training steps over the whole stream (``ald_clock: run``, as
 progressive layer dropping does) or within the current task (``task``);
 ``ald_reference_steps`` stretches it so that a shortened run follows the decay of a protocol
-with that many steps (an edgecl extension; the README's REP section shows its accuracy cost).
+with that many steps (an edgecl extension; docs/methods/rep.md discusses its accuracy cost).
 
 Every cost is measured, not modelled: skipped blocks and merged tokens simply do not appear
 in the executed FLOPs and saved-for-backward bytes; the similarity matmuls of the matching
@@ -152,7 +152,7 @@ def checkpoint_selector(
     ...), whose pretrained weights are found like the backbone's (``$EDGECL_DATA``, then a
     download).
     """
-    from edgecl.backbones.weights import build_vit
+    from edgecl.backbones.registry import build_vit
     from edgecl.data import resolve_data_root
 
     if weights in VIT_PRESETS:
@@ -255,10 +255,8 @@ class REPMixin(PromptMethod):
     # ---- lifecycle, memory, resume -----------------------------------------------------------
     def begin_task(self, task: TaskInfo) -> None:
         # Class-incremental: a task's samples never come back, so queries live for one task.
-        self.query_cache.clear()
+        self.query_cache.reset(task.n_train if self.params.cache_queries else 0)
         self.task_step = 0
-        if self.params.cache_queries:
-            self.query_cache.reserve(task.n_train)
         super().begin_task(task)
 
     def buffer_bytes(self) -> int:

@@ -205,7 +205,7 @@ class SparCL(DERpp):
 
     # ---- results and resume --------------------------------------------------------------
     def extra_results(self) -> dict[str, Any]:
-        summary = self.flop_counter.summary(self.meter.flops_summary(0)["train"])
+        summary = self.flop_counter.summary(self.meter.train_flops())
         summary["weight_sparsity"] = self.masking.overall_sparsity()
         summary["mask_updates"] = self.masking.updates
         summary["gradient_mask_refreshes"] = self.grad_masking.refreshes if self.grad_masking else 0
@@ -242,24 +242,21 @@ class SparCL(DERpp):
                     self.masking.masks[name], values.to(w.device)
                 )
 
+    def mechanisms(self) -> dict[str, Any]:
+        """The stateful parts, by checkpoint key (None: switched off)."""
+        return {"masking": self.masking, "grad_masking": self.grad_masking,
+                "data_removal": self.data_removal, "flops": self.flop_counter}
+
     def extra_state(self) -> dict[str, Any]:
-        return {
-            **super().extra_state(),
-            "masking": self.masking.state_dict(),
-            "grad_masking": self.grad_masking.state_dict() if self.grad_masking else None,
-            "data_removal": self.data_removal.state_dict() if self.data_removal else None,
-            "flops": self.flop_counter.state_dict(),
-            "batch_in_epoch": self.batch_in_epoch,
-            "last_grads": self._saved_grads(),
-        }
+        parts = {k: m.state_dict() if m is not None else None
+                 for k, m in self.mechanisms().items()}
+        last = {"batch_in_epoch": self.batch_in_epoch, "last_grads": self._saved_grads()}
+        return {**super().extra_state(), **parts, **last}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         super().load_extra_state(state)
-        self.masking.load_state_dict(state["masking"])
-        if self.grad_masking is not None and state["grad_masking"] is not None:
-            self.grad_masking.load_state_dict(state["grad_masking"])
-        if self.data_removal is not None and state["data_removal"] is not None:
-            self.data_removal.load_state_dict(state["data_removal"])
-        self.flop_counter.load_state_dict(state["flops"])
+        for key, mechanism in self.mechanisms().items():
+            if mechanism is not None and state[key] is not None:
+                mechanism.load_state_dict(state[key])
         self.batch_in_epoch = state["batch_in_epoch"]
         self._restore_grads(state["last_grads"])

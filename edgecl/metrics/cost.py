@@ -35,7 +35,10 @@ from torch.utils.flop_counter import (
 
 from edgecl.backbones.vit import AttentionCore
 
-PHASES = ("data", "selection", "forward", "backward", "step", "eval")
+PHASES = ("data", "selection", "prefix", "forward", "backward", "step", "eval")
+# Training FLOPs by part: every FLOP booked outside evaluation lands in exactly one of them
+# ("other": module calls a method makes while preparing data or inside its update step).
+TRAIN_FLOP_PARTS = ("forward", "backward", "optimizer", "selection", "prefix", "other")
 
 # Elementwise FLOPs per updated parameter element (update rule arithmetic, incl. decay).
 OPTIMIZER_FLOPS_PER_ELEMENT = {"sgd": 2, "sgd_momentum": 4, "adam": 12, "adamw": 14}
@@ -104,6 +107,7 @@ class CostMeter:
         self.seconds: dict[str, float] = defaultdict(float)
         self.saved_bytes_per_step: list[int] = []
         self._phase = "forward"
+        self._inner: list[float] = []  # seconds of phases nested in each open phase
         self.param_storages: set[int] = set()
         self._hook_handle = None
 
@@ -147,18 +151,27 @@ class CostMeter:
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        """Time a phase (device-synchronized) and attribute the FLOPs run inside it to it."""
+        """Time a phase (device-synchronized) and attribute the FLOPs run inside it to it.
+
+        Phases are exclusive: a phase opened inside another (a frozen-prefix pass inside a
+        method's forward) takes its seconds out of the outer one, so the phases add up to
+        the time spent, never more.
+        """
         if name not in PHASES:
             raise ValueError(f"unknown phase {name!r}; phases are {PHASES}")
         previous = self._phase
         self._sync()
         start = time.perf_counter()
         self._phase = name
+        self._inner.append(0.0)
         try:
             yield
         finally:
             self._sync()
-            self.seconds[name] += time.perf_counter() - start
+            spent = time.perf_counter() - start
+            self.seconds[name] += spent - self._inner.pop()
+            if self._inner:
+                self._inner[-1] += spent
             self._phase = previous
 
     # ---- memory --------------------------------------------------------------------------
@@ -177,20 +190,20 @@ class CostMeter:
         self.saved_bytes_per_step.append(mem.saved_bytes)
 
     # ---- summaries -----------------------------------------------------------------------
-    def flops_summary(self, train_samples: int) -> dict:
-        train = {
-            "forward": self.flops["forward"],
-            "backward": self.flops["backward"],
-            "optimizer": self.flops["optimizer"],
-        }
-        train["total"] = sum(train.values())
-        return {
-            "train": train,
-            "selection": self.flops["selection"],
-            "eval": self.flops["eval"],
-            "train_samples": train_samples,
-            "train_per_sample": train["total"] / train_samples if train_samples else 0.0,
-        }
+    def train_flops(self) -> dict[str, int]:
+        """Every training-time FLOP, by part, and their ``total``."""
+        parts = {p: self.flops[p] for p in TRAIN_FLOP_PARTS if p != "other"}
+        parts["other"] = sum(v for k, v in self.flops.items() if k not in (*parts, "eval"))
+        return {**parts, "total": sum(parts.values())}
+
+    def state_dict(self) -> dict:
+        return {"flops": dict(self.flops), "seconds": dict(self.seconds),
+                "saved": list(self.saved_bytes_per_step)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.flops.update(state["flops"])
+        self.seconds.update(state["seconds"])
+        self.saved_bytes_per_step = list(state["saved"])
 
     def time_summary(self, wall_total: float) -> dict:
         out = {p: self.seconds[p] for p in PHASES}

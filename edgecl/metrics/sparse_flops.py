@@ -133,12 +133,15 @@ class SparseFlopCounter:
         self._pending = {}
 
     def summary(self, dense_train: dict[str, int]) -> dict[str, Any]:
-        """Sparse-accounted training FLOPs from the meter's dense ``flops_summary()["train"]``."""
+        """Sparse-accounted training FLOPs from the meter's dense ``train_flops()``: the
+        sparse layers' share is re-counted, every other part kept as executed."""
         t = self.totals
         forward = dense_train["forward"] - t.dense_forward + t.sparse_forward
         backward = dense_train["backward"] - t.dense_backward + t.sparse_backward
         optimizer = dense_train["optimizer"] - t.dense_optimizer + t.sparse_optimizer
-        total = forward + backward + optimizer
+        rest = dense_train["total"] - dense_train["forward"] - dense_train["backward"] - (
+            dense_train["optimizer"])  # selection, prefix, other: no sparse layers there
+        total = forward + backward + optimizer + rest
         dense_total = dense_train["total"]
         return {
             "accounting": "rigl",
