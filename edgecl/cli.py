@@ -184,5 +184,141 @@ def analyze_layers(
     console.print(f"wrote {json_path} and {png_path}")
 
 
+# ---- the learner service: ``edgecl learn`` and its HTTP clients ``edgecl learner ...`` ----
+learner_app = typer.Typer(
+    help="Talk to a running learner (`edgecl learn`) over its HTTP API; prints JSON.",
+    no_args_is_help=True,
+)
+app.add_typer(learner_app, name="learner")
+_URL = typer.Option("--url", help="the learner's address", envvar="EDGECL_URL")
+_TOKEN = typer.Option("--token", help="the learner's token (or $EDGECL_TOKEN)",
+                      envvar="EDGECL_TOKEN", show_envvar=False)
+
+
+@app.command()
+def learn(
+    state: Annotated[Path, typer.Option("--state", help="the learner's state directory")],
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML learner config")] = None,
+    host: Annotated[str, typer.Option(help="address to bind (not loopback: needs a token)")
+                    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port (0: any free one)")] = 8000,
+    token: Annotated[str | None, _TOKEN] = None,
+) -> None:
+    """Start a long-running learner: HTTP API v1 and a status page (docs/learner.md).
+
+    Serves http://HOST:PORT/ until Ctrl-C or SIGTERM, then writes a final checkpoint."""
+    from edgecl.service.server import serve
+
+    with _user_errors():
+        serve(state, config, host, port, token,
+              announce=lambda url: console.print(f"edgecl learner on {url} (state {state})"))
+
+
+def _print_json(body: object) -> None:
+    print(json.dumps(body, indent=2))
+
+
+@learner_app.command("add")
+def learner_add(
+    images: Annotated[list[Path], typer.Argument(help="PNG or JPEG files")],
+    label: Annotated[list[str], typer.Option("--label", "-l",
+                                             help="class name: one for all, or one per image")],
+    key: Annotated[list[str] | None, typer.Option(
+        "--key", help="idempotency key per image: a retry never stores a sample twice")] = None,
+    url: Annotated[str, _URL] = "http://127.0.0.1:8000",
+    token: Annotated[str | None, _TOKEN] = None,
+) -> None:
+    """Send labelled samples; prints {"accepted", "ids"} once they are durably stored."""
+    from edgecl.service.client import Client, pair_labels
+
+    with _user_errors():
+        _print_json(Client(url, token).add(images, pair_labels(images, label), key))
+
+
+@learner_app.command("predict")
+def learner_predict(
+    images: Annotated[list[Path], typer.Argument(help="PNG or JPEG files")],
+    top: Annotated[int | None, typer.Option(help="ranked classes per image")] = None,
+    url: Annotated[str, _URL] = "http://127.0.0.1:8000",
+    token: Annotated[str | None, _TOKEN] = None,
+) -> None:
+    """Classify images with the current model; prints predictions and the model version."""
+    from edgecl.service.client import Client
+
+    with _user_errors():
+        _print_json(Client(url, token).predict(images, top))
+
+
+@learner_app.command("status")
+def learner_status(
+    url: Annotated[str, _URL] = "http://127.0.0.1:8000",
+    token: Annotated[str | None, _TOKEN] = None,
+) -> None:
+    """Print the learner's status (samples, classes, model version, memory, ...)."""
+    from edgecl.service.client import Client
+
+    with _user_errors():
+        _print_json(Client(url, token).status())
+
+
+@learner_app.command("checkpoint")
+def learner_checkpoint(
+    url: Annotated[str, _URL] = "http://127.0.0.1:8000",
+    token: Annotated[str | None, _TOKEN] = None,
+) -> None:
+    """Make the learner write a checkpoint now."""
+    from edgecl.service.client import Client
+
+    with _user_errors():
+        _print_json(Client(url, token).checkpoint())
+
+
+@learner_app.command("export")
+def learner_export(
+    url: Annotated[str, _URL] = "http://127.0.0.1:8000",
+    token: Annotated[str | None, _TOKEN] = None,
+) -> None:
+    """Make the learner write an ONNX model of its current snapshot; prints its path."""
+    from edgecl.service.client import Client
+
+    with _user_errors():
+        _print_json(Client(url, token).export())
+
+
+@app.command("plan")
+def plan_devices(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML run config")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="override: key=value (dotted path, YAML value)"),
+    ] = None,
+    device: Annotated[
+        list[str] | None,
+        typer.Option("--device", "-d", help="device profile, 'host' or 'all' (default: all)"),
+    ] = None,
+    method: Annotated[
+        str | None, typer.Option(help="method label (default: the config's first)")] = None,
+    budget_mib: Annotated[
+        float | None, typer.Option("--budget-mib", help="memory budget for the peak RSS, MiB")
+    ] = None,
+    data_root: Annotated[
+        Path | None, typer.Option("--data-root", help="dataset/weights root (or $EDGECL_DATA)")
+    ] = None,
+) -> None:
+    """Predict training memory, step time and energy per sample on named devices, from a few
+    real training steps measured on this host; say which knob values fit when it does not."""
+    from edgecl.config import load_config
+    from edgecl.planner.report import plan_report, resolve_devices
+
+    overrides = _with_data_root(set_, data_root)
+    with _user_errors():
+        cfg = load_config(config, overrides)
+        devices = resolve_devices(device or ["all"])
+        console.print("measuring a few training steps on this host ...")
+        text = plan_report(cfg, devices, method, budget_mib)
+    print(text)
+
+
 if __name__ == "__main__":
     app()

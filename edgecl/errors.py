@@ -38,6 +38,11 @@ class BudgetError(EdgeclError, RuntimeError):
     """A configuration does not fit the memory (or other) budget it was given."""
 
 
+class InputError(EdgeclError, ValueError):
+    """A request to the learner is malformed (bad image, label, count); the service answers
+    it with a 4xx and keeps running."""
+
+
 class ResultsError(EdgeclError, ValueError):
     """A results.json that is missing, malformed or of an unsupported schema version."""
 
