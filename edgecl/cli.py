@@ -250,40 +250,26 @@ def learner_predict(
         _print_json(Client(url, token).predict(images, top))
 
 
-@learner_app.command("status")
-def learner_status(
-    url: Annotated[str, _URL] = "http://127.0.0.1:8000",
-    token: Annotated[str | None, _TOKEN] = None,
-) -> None:
-    """Print the learner's status (samples, classes, model version, memory, ...)."""
-    from edgecl.service.client import Client
+def _learner_call(name: str, summary: str) -> None:
+    """A ``edgecl learner NAME`` command: one request without arguments, its JSON printed."""
 
-    with _user_errors():
-        _print_json(Client(url, token).status())
+    def command(
+        url: Annotated[str, _URL] = "http://127.0.0.1:8000",
+        token: Annotated[str | None, _TOKEN] = None,
+    ) -> None:
+        from edgecl.service.client import Client
 
+        with _user_errors():
+            _print_json(getattr(Client(url, token), name)())
 
-@learner_app.command("checkpoint")
-def learner_checkpoint(
-    url: Annotated[str, _URL] = "http://127.0.0.1:8000",
-    token: Annotated[str | None, _TOKEN] = None,
-) -> None:
-    """Make the learner write a checkpoint now."""
-    from edgecl.service.client import Client
-
-    with _user_errors():
-        _print_json(Client(url, token).checkpoint())
+    command.__doc__ = summary
+    learner_app.command(name)(command)
 
 
-@learner_app.command("export")
-def learner_export(
-    url: Annotated[str, _URL] = "http://127.0.0.1:8000",
-    token: Annotated[str | None, _TOKEN] = None,
-) -> None:
-    """Make the learner write an ONNX model of its current snapshot; prints its path."""
-    from edgecl.service.client import Client
-
-    with _user_errors():
-        _print_json(Client(url, token).export())
+_learner_call("status", "Print the learner's status (samples, classes, model version, memory).")
+_learner_call("checkpoint", "Make the learner write a checkpoint now.")
+_learner_call("export", "Make the learner write an ONNX model of its current snapshot; prints "
+              "its path.")
 
 
 @app.command("plan")

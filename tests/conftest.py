@@ -121,3 +121,17 @@ def core50_module_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("core50-data")
     make_core50_tree(root / "core50")
     return root
+
+
+# --- a tiny random ViT, for fast learner and checkpoint tests --------------------------------
+def save_tiny_vit(path: Path, seed: int = 0) -> Path:
+    """Random weights of a 32 px, 2-block ViT (8 px patches), loadable as ``backbone.weights``
+    with ``backbone.img_size: 32``; the caller's RNG is left alone."""
+    from edgecl.backbones.vit import VisionTransformer, ViTConfig
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vit = VisionTransformer(ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=2,
+                                          num_heads=1))
+    torch.save(vit.state_dict(), path)
+    return path

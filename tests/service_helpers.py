@@ -13,21 +13,15 @@ from typing import Any
 
 import httpx
 import numpy as np
-import torch
+from conftest import save_tiny_vit
 from PIL import Image
-
-from edgecl.backbones.vit import VisionTransformer, ViTConfig
 
 
 def tiny_config(folder: Path, **extra: Any) -> dict[str, Any]:
     """A fast learner config; its random ViT weights are saved in ``folder``."""
     weights = folder / "tiny_vit.pt"
     if not weights.exists():
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            vit = VisionTransformer(ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=2,
-                                              num_heads=1))
-        torch.save(vit.state_dict(), weights)
+        save_tiny_vit(weights)
     return {
         "backbone": {"name": "vit_tiny_patch16_224", "weights": str(weights), "img_size": 32},
         "method": {"name": "latent_replay", "split_layer": 2, "rm_sz": 50},

@@ -9,14 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import save_tiny_vit
 from torch import nn
 
-from edgecl.backbones.vit import VisionTransformer, ViTConfig
 from edgecl.config import load_config
 from edgecl.errors import CheckpointError
 from edgecl.runner import checkpoint, run
-
-TINY_VIT = ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=1)
 
 
 def test_only_what_training_changed_is_kept() -> None:
@@ -86,9 +84,7 @@ def test_l2p_checkpoint_of_the_default_run_holds_its_trainable_state(
 
 
 def write_weights(path: Path, seed: int) -> Path:
-    torch.manual_seed(seed)
-    torch.save(VisionTransformer(TINY_VIT).state_dict(), path)
-    return path
+    return save_tiny_vit(path, seed)
 
 
 def test_resuming_against_other_frozen_weights_is_refused(

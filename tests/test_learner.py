@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import save_tiny_vit
 
-from edgecl.backbones.vit import VisionTransformer, ViTConfig
 from edgecl.errors import ConfigError, InputError, NonFiniteLossError
 from edgecl.learner import Learner
 from edgecl.learner.config import LearnerConfig
@@ -20,15 +20,10 @@ from edgecl.learner.images import encode_png
 from edgecl.learner.memory import RamTier, Sample
 from edgecl.learner.worker import Trainer
 
-TINY_VIT = ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=1)
-
 
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("vit") / "tiny.pth"
-    torch.save(VisionTransformer(TINY_VIT).state_dict(), path)
-    return path
+    return save_tiny_vit(tmp_path_factory.mktemp("vit") / "tiny.pth")
 
 
 def config(weights: Path, **over) -> dict:
@@ -229,3 +224,23 @@ def test_task_boundaries_follow_the_policy(policy, expected) -> None:
     trainer.migrator = FakeMigrator([0, 0, 0, 1, 1, 1, 1, 2, 2])
     tasks = [[s.class_id for s in trainer.next_task_samples()] for _ in expected]
     assert tasks == expected
+
+
+def test_the_budget_sizes_the_ram_tier_and_refuses_what_cannot_fit(one_thread, tiny_weights,
+                                                                   tmp_path):
+    from edgecl.errors import BudgetError
+    from edgecl.learner.learner import STEP_RESERVE_MIB, rss_mib
+
+    with pytest.raises(BudgetError, match="below what the loaded learner needs"):
+        Learner(tmp_path / "a", config(tiny_weights, budget={"memory_mib": 64}), start=False)
+    # room for about 100 decoded 32 px samples (3 KiB each) above what is loaded now
+    budget = int(rss_mib() + STEP_RESERVE_MIB + 1)
+    cfg = config(tiny_weights, budget={"memory_mib": budget},
+                 memory={"ram_samples": 100_000})
+    with Learner(tmp_path / "b", cfg, start=False) as learner:
+        assert 0 < learner.ram.capacity < 100_000
+    ram = RamTier(4, "class_balanced", seed=0)
+    for i in range(4):
+        ram.put(Sample(i, i % 2, np.zeros((1, 1, 3), np.uint8)))
+    ram.shrink(2)
+    assert ram.capacity == 2 and ram.class_counts() == {0: 1, 1: 1}

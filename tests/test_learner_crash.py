@@ -18,10 +18,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import torch
 import yaml
-
-from edgecl.backbones.vit import VisionTransformer, ViTConfig
+from conftest import save_tiny_vit
 
 RESTARTS = 5
 N_SAMPLES = 160
@@ -65,10 +63,7 @@ def settled(url: str, timeout: float = 90.0) -> dict:
 
 @pytest.fixture
 def crash_setup(tmp_path: Path) -> tuple[Path, Path, Path]:
-    torch.manual_seed(0)
-    weights = tmp_path / "tiny.pth"
-    torch.save(VisionTransformer(ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=2,
-                                           num_heads=1)).state_dict(), weights)
+    weights = save_tiny_vit(tmp_path / "tiny.pth")
     cfg = tmp_path / "learner.yaml"
     cfg.write_text(yaml.safe_dump({
         "backbone": {"name": "vit_tiny_patch16_224", "weights": str(weights), "img_size": 32},

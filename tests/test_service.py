@@ -275,9 +275,6 @@ def test_checkpoint_on_request(served: Served) -> None:
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="no onnxruntime")
 def test_export_writes_the_snapshot_as_onnx(served: Served) -> None:
     answer = httpx.post(served.url + "/v1/export", timeout=120)
-    if importlib.util.find_spec("edgecl.export") is None:
-        assert answer.status_code == 501 and "not available" in answer.json()["error"]
-        return
     assert answer.status_code == 200, answer.text
     info = answer.json()
     path = Path(info["path"])
@@ -294,9 +291,9 @@ def test_export_writes_the_snapshot_as_onnx(served: Served) -> None:
     logits = session.run(["logits"], {"images": model_input(arrays, 32).numpy()})[0]
     files = [("image", (f"{i}.png", b, "image/png")) for i, b in enumerate(images)]
     predicted = httpx.post(served.url + "/v1/predict", files=files).json()
-    if predicted["model_version"] == info["model_version"]:
-        labels = [info["class_names"][i] for i in logits.argmax(axis=1)]
-        assert labels == [p["label"] for p in predicted["predictions"]]
+    assert str(predicted["model_version"]) == str(info["model_version"])  # the learner is idle
+    labels = [info["class_names"][i] for i in logits.argmax(axis=1)]
+    assert labels == [p["label"] for p in predicted["predictions"]]
 
 
 # ---- the token ------------------------------------------------------------------------------

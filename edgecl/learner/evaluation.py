@@ -37,9 +37,9 @@ class HeldOut:
         if self.engine is None:  # its own copy: predictions never wait for an evaluation
             self.engine = Engine(learner.cfg, learner._backbone(), torch.device("cpu"))
         self.engine.load(snapshot.task, snapshot.state)
-        stream = learner.store.classes()
+        seen = learner.store.classes()[: self.engine.method.seen_classes]
         correct = total = 0
-        for class_id, name in enumerate(stream[: self.engine.method.seen_classes]):
+        for class_id, name in enumerate(seen):
             if name not in self.names:
                 continue
             where = np.flatnonzero(self.labels == self.names.index(name))[: self.per_class]
@@ -50,4 +50,4 @@ class HeldOut:
             correct += int((pred == class_id).sum())
             total += len(where)
         return {"accuracy": 100.0 * correct / total if total else float("nan"),
-                "test_images": float(total), "classes": float(len(stream))}
+                "test_images": float(total), "classes": float(len(seen))}

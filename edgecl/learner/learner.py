@@ -24,7 +24,7 @@ import yaml
 
 from edgecl.backbones.registry import create_backbone
 from edgecl.data.base import resolve_data_root
-from edgecl.errors import ConfigError, InputError
+from edgecl.errors import BudgetError, ConfigError, InputError
 from edgecl.io import atomic_write_text
 from edgecl.learner.config import LearnerConfig, load_learner_config
 from edgecl.learner.engine import Engine
@@ -38,19 +38,33 @@ from edgecl.runner.checkpoint import weights_sha256
 log = logging.getLogger("edgecl.learner")
 CONFIG_FILE = "learner.yaml"
 MAX_KEY_CHARS = 128
+STEP_RESERVE_MIB = 256  # transient memory of a training step and of a request in flight
 # Fields a restart may not change: the stored checkpoint depends on them.
 FIXED = ("max_classes", "backbone", "method", "seed")
 
 
+def _status_mib(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def rss_mib() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return peak_rss_mib()
+    return _status_mib("VmRSS") or peak_rss_mib()
 
 
 def peak_rss_mib() -> float:
+    """The process's own high-water mark. ``VmHWM``, not ``ru_maxrss``: Linux carries
+    ``ru_maxrss`` over ``execve``, so a learner started by a large process would report its
+    parent's peak."""
+    hwm = _status_mib("VmHWM")
+    if hwm is not None:
+        return hwm
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 1024**2 if sys.platform == "darwin" else rss / 1024
 
@@ -71,14 +85,15 @@ class Learner:
         self.predict_lock = threading.Lock()
         self.loaded_version = -1
         mem = self.cfg.memory
-        self.ram = RamTier(mem.ram_samples, mem.eviction, self.cfg.seed)
+        self.ram = RamTier(self._ram_capacity(), mem.eviction, self.cfg.seed)
         self.held_out = HeldOut.build(self.cfg, self)
         self.migrator = Migrator(
             self.store, self.ram, self.decode, 0, mem.migration, mem.refresh_every_s,
             mem.refresh_fraction, mem.queue_samples)
         self.trainer = Trainer(self.cfg, self.trainer_engine, self.migrator, self.ram,
                                self.state_dir, weights_sha256(bundle.module),
-                               self.held_out.evaluate if self.held_out else None)
+                               self.held_out.evaluate if self.held_out else None,
+                               after_task=self.enforce_budget)
         for row in self.store.by_ids(self.trainer.restore()):
             self.ram.put(Sample(row.id, row.class_id, self.decode(row.image)))
         self.migrator.last_queued = self.migrator.trained_up_to = (
@@ -107,6 +122,36 @@ class Learner:
             torch.manual_seed(self.cfg.seed)
             return create_backbone(b.name, weights=b.weights, img_size=b.img_size,
                                    data_root=resolve_data_root(self.cfg.data_root))
+
+    def _ram_capacity(self) -> int:
+        """The RAM tier's capacity: as configured, or less so that the learner's RSS stays
+        under ``budget.memory_mib`` (measured now, with every model loaded, plus a reserve
+        for a training step); a budget the loaded learner already exceeds is refused."""
+        wanted, budget = self.cfg.memory.ram_samples, self.cfg.budget.memory_mib
+        if budget is None:
+            return wanted
+        now = rss_mib()
+        per_sample = self.img_size * self.img_size * 3 / 2**20
+        room = budget - now - STEP_RESERVE_MIB
+        if room < 0:
+            raise BudgetError(
+                f"budget.memory_mib {budget} is below what the loaded learner needs "
+                f"({now:.0f} MiB now + {STEP_RESERVE_MIB} MiB for a training step); raise it "
+                f"to at least {now + STEP_RESERVE_MIB:.0f}, or use a smaller backbone or "
+                "backbone.img_size (`edgecl plan` predicts each option)")
+        fits = int(room / per_sample)
+        if fits < wanted:
+            log.warning("budget %d MiB: the RAM tier holds %d samples instead of %d", budget,
+                        fits, wanted)
+        return min(wanted, fits)
+
+    def enforce_budget(self) -> None:
+        """After a task: over 95 % of the budget, the RAM tier gives up half its samples."""
+        budget = self.cfg.budget.memory_mib
+        if budget is not None and rss_mib() > 0.95 * budget and self.ram.capacity:
+            self.ram.shrink(self.ram.capacity // 2)
+            log.warning("RSS near the %d MiB budget: RAM tier capacity now %d", budget,
+                        self.ram.capacity)
 
     def start(self) -> None:
         self.migrator.start()

@@ -109,6 +109,13 @@ class RamTier:
         largest = max(self.by_class.values(), key=len)
         return largest[int(self.rng.integers(len(largest)))]
 
+    def shrink(self, capacity: int) -> None:
+        """A smaller capacity, evicting by the policy until the buffer fits it."""
+        with self.lock:
+            self.capacity = capacity
+            while len(self.samples) > capacity:
+                self._remove(self._victim_balanced())
+
     def class_counts(self) -> dict[int, int]:
         with self.lock:
             return {c: len(ids) for c, ids in self.by_class.items()}

@@ -45,11 +45,13 @@ class Progress:
 
 class Trainer(threading.Thread):
     def __init__(self, cfg: LearnerConfig, engine: Engine, migrator: Migrator, ram: RamTier,
-                 state_dir: Path, frozen_sha256: str, evaluate: Any = None) -> None:
+                 state_dir: Path, frozen_sha256: str, evaluate: Any = None,
+                 after_task: Any = None) -> None:
         super().__init__(name="edgecl-trainer", daemon=True)
         self.cfg, self.engine, self.migrator, self.ram = cfg, engine, migrator, ram
         self.state_dir, self.frozen_sha256 = state_dir, frozen_sha256
         self.evaluate = evaluate  # snapshot -> accuracy, or None
+        self.after_task = after_task  # called after every task (the budget watchdog)
         self.progress = Progress()
         self.train_lock = threading.RLock()  # held while a task trains
         self.stop_event = threading.Event()
@@ -132,6 +134,8 @@ class Trainer(threading.Thread):
         p.last_trained_id = max(p.last_trained_id, max(s.id for s in chunk))
         self.migrator.trained_up_to = p.last_trained_id
         self.publish()
+        if self.after_task is not None:
+            self.after_task()
         if self.evaluate is not None and p.train_steps // cfg.eval.every_steps > len(p.accuracy):
             p.accuracy.append(self.evaluate(self.snapshot) | {"time": time.time(),
                                                              "train_steps": p.train_steps})
