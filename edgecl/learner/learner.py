@@ -11,8 +11,6 @@ resumes from its last checkpoint.
 from __future__ import annotations
 
 import logging
-import resource
-import sys
 import threading
 import time
 from pathlib import Path
@@ -33,6 +31,7 @@ from edgecl.learner.images import check_label, decode, open_image
 from edgecl.learner.memory import Migrator, RamTier, Sample
 from edgecl.learner.store import SampleStore
 from edgecl.learner.worker import Trainer
+from edgecl.metrics.cost import peak_rss_bytes
 from edgecl.runner.checkpoint import weights_sha256
 
 log = logging.getLogger("edgecl.learner")
@@ -59,14 +58,7 @@ def rss_mib() -> float:
 
 
 def peak_rss_mib() -> float:
-    """The process's own high-water mark. ``VmHWM``, not ``ru_maxrss``: Linux carries
-    ``ru_maxrss`` over ``execve``, so a learner started by a large process would report its
-    parent's peak."""
-    hwm = _status_mib("VmHWM")
-    if hwm is not None:
-        return hwm
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 1024**2 if sys.platform == "darwin" else rss / 1024
+    return peak_rss_bytes() / 2**20
 
 
 class Learner:
