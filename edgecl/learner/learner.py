@@ -32,6 +32,7 @@ from edgecl.learner.memory import Migrator, RamTier, Sample
 from edgecl.learner.store import SampleStore
 from edgecl.learner.worker import Trainer
 from edgecl.metrics.cost import peak_rss_bytes
+from edgecl.planner.proc import rss_bytes
 from edgecl.runner.checkpoint import weights_sha256
 
 log = logging.getLogger("edgecl.learner")
@@ -42,19 +43,8 @@ STEP_RESERVE_MIB = 256  # transient memory of a training step and of a request i
 FIXED = ("max_classes", "backbone", "method", "seed")
 
 
-def _status_mib(field: str) -> float | None:
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith(f"{field}:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
 def rss_mib() -> float:
-    return _status_mib("VmRSS") or peak_rss_mib()
+    return rss_bytes() / 2**20
 
 
 def peak_rss_mib() -> float:
