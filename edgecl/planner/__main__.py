@@ -25,7 +25,7 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
         sizes = request.get("batch_sizes")
         prof = calibrate(cfg, method, tuple(sizes) if sizes else None,
                          warmup=request.get("warmup", 1), steps=request.get("steps", 6),
-                         fresh=False)
+                         fresh=False, split_peaks=request.get("split_peaks", True))
         prof.ru_maxrss_bytes = peak_rss_bytes()
         return prof.to_dict()
     planner = Planner(cfg, method)

@@ -147,19 +147,23 @@ def _state(s: StepFigures) -> int:
 
 
 def _time_fit(profile: Profile) -> tuple[float, float]:
-    """(t0, R): ``t = t0 + F / R`` through the median step times, with ``t0 >= 0`` and R at
-    most the host's matmul rate (a faster fit is timing noise at the small batch: R is then
-    the matmul rate and t0 the mean remainder)."""
+    """(t0, R): ``t = t0 + F / R`` fitted to the median step times (least squares), kept
+    physical: R at most the host's matmul rate (a faster fit is timing noise: R is then the
+    matmul rate and t0 the mean remainder) and t0 >= 0 (a negative one, from a rate still
+    rising with the batch: a line through the origin)."""
     points = [(s.flops, s.seconds) for s in profile.steps if s.seconds > 0]
+    if not points:
+        return 0.0, 1.0
     cap = profile.matmul_flops_per_s or float("inf")
-    if len(points) >= 2:
-        line = Line.fit([f for f, _ in points], [t for _, t in points])
-        if line.slope > 0 and line.intercept >= 0 and 1.0 / line.slope <= cap:
+    flops, seconds = [f for f, _ in points], [t for _, t in points]
+    if len(points) >= 2 and len(set(flops)) > 1:
+        line = Line.fit(flops, seconds)
+        if line.slope > 0 and 1.0 / line.slope > cap:
+            return max(0.0, sum(t - f / cap for f, t in points) / len(points)), cap
+        if line.slope > 0 and line.intercept >= 0:
             return line.intercept, 1.0 / line.slope
-    flops, seconds = sum(f for f, _ in points), sum(t for _, t in points)
-    rate = min(cap, flops / seconds) if seconds else 1.0
-    t0 = max(0.0, sum(t - f / rate for f, t in points) / len(points)) if points else 0.0
-    return t0, rate
+    rate = sum(f * f for f in flops) / sum(f * t for f, t in points)
+    return 0.0, min(cap, rate)
 
 
 @dataclass(frozen=True)

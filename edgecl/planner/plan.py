@@ -128,8 +128,10 @@ class Planner:
         key = tuple(sorted(changes.items()))
         if key not in self._variants:
             try:
+                # no high-water-mark resets: they would reset this process's ru_maxrss too
                 prof = self.calibrator.profile(self.spec, self.batch_sizes, warmup=0, steps=1,
-                                               fill=2, params=changes, timed=False)
+                                               fill=2, params=changes, timed=False,
+                                               split_peaks=False)
                 self._variants[key] = StepModel.from_profile(prof)
             except (EdgeclError, ValueError):  # a depth the method refuses, for instance
                 self._variants[key] = None
@@ -178,7 +180,7 @@ def plan(cfg: RunConfig, device: str = HOST, budget_mib: float | None = None, *,
     """``cfg``'s method (``method``: a label; default the first) on ``device``."""
     if isolated:
         return _plan_from(run_request({"op": "plan", "config": _dump(cfg), "method": method,
-                                     "device": device, "budget_mib": budget_mib}))
+                                       "device": device, "budget_mib": budget_mib}))
     return Planner(cfg, method).plan(device, budget_mib)
 
 
@@ -188,7 +190,7 @@ def fit(cfg: RunConfig, budget_mib: float, *, method: str | None = None, device:
     ``budget_mib`` of peak RSS; empty when none does. For the learner's start-up check."""
     if isolated:
         out = run_request({"op": "fit", "config": _dump(cfg), "method": method,
-                         "budget_mib": budget_mib, "device": device, "limit": limit})
+                           "budget_mib": budget_mib, "device": device, "limit": limit})
         return [_suggestion_from(s) for s in out["suggestions"]]
     return Planner(cfg, method).fit(budget_mib, device, limit)
 

@@ -1,8 +1,8 @@
 """This process's resident set and the host's CPU load, from ``/proc`` (Linux).
 
 ``VmRSS``/``VmHWM`` of ``/proc/self/status``; the high-water mark is reset by writing ``5`` to
-``/proc/self/clear_refs``. Without ``/proc`` the figures fall back to ``getrusage``'s
-``ru_maxrss`` (the whole process so far) and the load to 0.
+``/proc/self/clear_refs`` (which resets ``getrusage``'s ``ru_maxrss`` too). Without ``/proc``
+the figures fall back to ``ru_maxrss`` (the whole process so far) and the load to 0.
 """
 
 from __future__ import annotations

@@ -231,11 +231,14 @@ class Calibrator:
 
     def profile(self, spec: MethodSpec, batch_sizes: tuple[int, ...] | None = None, *,
                 warmup: int = 1, steps: int = 6, fill: int | None = None,
-                params: dict[str, Any] | None = None, timed: bool = True) -> Profile:
+                params: dict[str, Any] | None = None, timed: bool = True,
+                split_peaks: bool = True) -> Profile:
         """Measure ``spec`` (with ``params`` replaced) at each batch size, smallest first
         (default :func:`calibration_batches` of its batch size); ``warmup`` + ``steps`` steps
         of task 1 after ``fill`` steps of task 0 (default :func:`fill_steps`). ``timed``:
-        also measure the host's matmul rate (once per calibrator)."""
+        also measure the host's matmul rate (once per calibrator). ``split_peaks=False``: never
+        reset the high-water mark (it also resets ``ru_maxrss``), so the process's own peak
+        stays whole, as the benchmark's measured runs need it."""
         if batch_sizes is None:
             batch_sizes = calibration_batches(spec.train_config(self.cfg.train).batch_size)
         figures: list[StepFigures] = []
@@ -243,7 +246,7 @@ class Calibrator:
         reset_ok = True
         for b in sorted(set(batch_sizes)):
             gc.collect()
-            reset_ok = reset_hwm() and reset_ok
+            reset_ok = (reset_hwm() if split_peaks else False) and reset_ok
             run_spec = with_batch(spec, b, warmup + steps, params)
             n_fill = fill_steps(run_spec, self.scenario, b, warmup + steps) if fill is None \
                 else fill
@@ -260,20 +263,20 @@ class Calibrator:
                          "setup_buffer_bytes": setup.method.buffer_bytes(),
                          "knobs": resolved_knobs(self.cfg, run_spec, setup.method)}
                 first["knobs"]["batch_size"] = spec.train_config(self.cfg.train).batch_size
-            figures.append(self._train(setup, b, n_fill, warmup + steps, warmup))
+            figures.append(self._train(setup, b, n_fill, warmup + steps, warmup, split_peaks))
             del setup
         return Profile(label=spec.run_name, method=spec.name, backbone=self.cfg.backbone.name,
                        threads=torch.get_num_threads(), steps=figures, hwm_reset=reset_ok,
                        matmul_flops_per_s=self.matmul_rate if timed else 0.0, **first)
 
-    def _train(self, setup: Any, batch_size: int, fill: int, measured: int,
-               warmup: int) -> StepFigures:
+    def _train(self, setup: Any, batch_size: int, fill: int, measured: int, warmup: int,
+               split_peaks: bool) -> StepFigures:
         multi_task = setup.n_tasks > 1
         if multi_task:
             setup.task_steps[0] = max(1, min(setup.task_steps[0], fill))
             setup.task_steps[1] = min(setup.task_steps[1], measured)
         loop = _TimedLoop(setup)
-        marks = _mark_task_ends(setup.method)
+        marks = _mark_task_ends(setup.method, split_peaks)
         with setup.meter.active():
             loop.train_task(0)
             load = ForeignLoad()
@@ -305,19 +308,22 @@ class Calibrator:
         )
 
 
-def _mark_task_ends(method: Any) -> dict[str, int]:
+def _mark_task_ends(method: Any, split: bool) -> dict[str, int]:
     """Split the high-water mark into the training steps' and the last task end's: a task's
     end (LightCL's importance pass, latent replay's buffer update) can peak higher than any
-    step, and grows with the task rather than the batch."""
+    step, and grows with the task rather than the batch. ``split=False``: no resets (each
+    mark is then the process's peak so far)."""
     marks = {"steps": 0, "end": 0}
     original = method.end_task
 
     def end_task(task: Any) -> None:
         marks["steps"] = max(marks["steps"], hwm_bytes())
-        reset_hwm()
+        if split:
+            reset_hwm()
         original(task)
         marks["end"] = hwm_bytes()
-        reset_hwm()
+        if split:
+            reset_hwm()
 
     method.end_task = end_task  # this run's method only
     return marks
@@ -325,7 +331,7 @@ def _mark_task_ends(method: Any) -> dict[str, int]:
 
 def calibrate(cfg: RunConfig, method: str | None = None,
               batch_sizes: tuple[int, ...] | None = None, *, warmup: int = 1, steps: int = 6,
-              fresh: bool = True) -> Profile:
+              fresh: bool = True, split_peaks: bool = True) -> Profile:
     """Measure one method of ``cfg`` (see the module docstring). ``fresh``: each batch size in
     its own new process, started as a real run starts; in one process the memory kept from a
     smaller batch inflates the next one's high-water mark (by 76 MiB at batch 8 after 2 and 4
@@ -334,7 +340,8 @@ def calibrate(cfg: RunConfig, method: str | None = None,
     if batch_sizes is None:
         batch_sizes = calibration_batches(spec.train_config(cfg.train).batch_size)
     if not fresh:
-        return Calibrator(cfg).profile(spec, batch_sizes, warmup=warmup, steps=steps)
+        return Calibrator(cfg).profile(spec, batch_sizes, warmup=warmup, steps=steps,
+                                       split_peaks=split_peaks)
     parts = [Profile.from_dict(run_request({
         "op": "profile", "config": cfg.model_dump(mode="json"), "method": spec.run_name,
         "batch_sizes": [b], "warmup": warmup, "steps": steps}))
