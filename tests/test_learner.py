@@ -231,11 +231,12 @@ def test_the_budget_sizes_the_ram_tier_and_refuses_what_cannot_fit(one_thread, t
     from edgecl.errors import BudgetError
     from edgecl.learner.learner import STEP_RESERVE_MIB, rss_mib
 
+    no_plan = {"memory_mib": 64, "plan": False}
     with pytest.raises(BudgetError, match="below what the loaded learner needs"):
-        Learner(tmp_path / "a", config(tiny_weights, budget={"memory_mib": 64}), start=False)
+        Learner(tmp_path / "a", config(tiny_weights, budget=no_plan), start=False)
     # room for about 100 decoded 32 px samples (3 KiB each) above what is loaded now
     budget = int(rss_mib() + STEP_RESERVE_MIB + 1)
-    cfg = config(tiny_weights, budget={"memory_mib": budget},
+    cfg = config(tiny_weights, budget={"memory_mib": budget, "plan": False},
                  memory={"ram_samples": 100_000})
     with Learner(tmp_path / "b", cfg, start=False) as learner:
         assert 0 < learner.ram.capacity < 100_000
@@ -244,3 +245,63 @@ def test_the_budget_sizes_the_ram_tier_and_refuses_what_cannot_fit(one_thread, t
         ram.put(Sample(i, i % 2, np.zeros((1, 1, 3), np.uint8)))
     ram.shrink(2)
     assert ram.capacity == 2 and ram.class_counts() == {0: 1, 1: 1}
+
+
+@pytest.mark.slow
+def test_the_planner_checks_the_config_against_the_budget_once(one_thread, tiny_weights,
+                                                               tmp_path, caplog, cifar100_root):
+    """The planner calibrates the learner's method (in a fresh process, on CIFAR-100) and
+    predicts this process's peak: a budget under it is refused with what the smallest
+    setting needs; one over it is accepted, and a restart reuses the cached choice."""
+    import json
+
+    from edgecl.errors import BudgetError
+    from edgecl.learner.budget import PLAN_FILE
+    from edgecl.learner.learner import rss_mib
+
+    base = int(rss_mib())
+    with pytest.raises(BudgetError, match=r"cannot hold this learner: .*the smallest \(batch 1"):
+        Learner(tmp_path / "a", config(tiny_weights, budget={"memory_mib": base + 65},
+                                       data_root=str(cifar100_root)), start=False)
+    cfg = config(tiny_weights, budget={"memory_mib": base + 400}, data_root=str(cifar100_root))
+    with Learner(tmp_path / "b", cfg, start=False) as learner:
+        assert learner.cfg.batch_size == 4
+    chosen = json.loads((tmp_path / "b" / PLAN_FILE).read_text())
+    assert chosen["batch_size"] == 4 and chosen["params"] == {}
+    assert base < chosen["predicted_peak_mib"] < base + 400 - 64
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="edgecl.learner"), \
+            Learner(tmp_path / "b", cfg, start=False):
+        pass
+    assert not [r for r in caplog.records if "planning" in r.getMessage()]
+
+
+def test_a_planned_choice_rebuilds_the_method_with_its_knobs(tiny_weights):
+    from edgecl.learner.budget import Choice
+    from edgecl.learner.config import load_learner_config
+
+    cfg = load_learner_config(config(tiny_weights))
+    chosen = Choice(2, {"rm_sz": 10, "storage": "fp16"}, 300.0, "").apply(cfg)
+    assert chosen.batch_size == 2 and chosen.method.params.rm_sz == 10
+    assert chosen.method.params.storage == "fp16" and chosen.method.params.split_layer == 2
+    assert cfg.method.params.rm_sz == 40  # the configured one is left alone
+    assert Choice(4, {}, 300.0, "").apply(cfg) is cfg
+
+
+def test_background_threads_run_at_a_lower_priority_than_the_caller():
+    import os
+
+    from edgecl.learner.priority import lower_priority
+
+    seen: dict[str, int] = {}
+
+    def background() -> None:
+        lower_priority(5)
+        seen["thread"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    worker = threading.Thread(target=background)
+    worker.start()
+    worker.join()
+    assert seen["thread"] == min(19, before + 5)
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before  # the process and caller keep theirs

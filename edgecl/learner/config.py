@@ -39,7 +39,14 @@ class MemoryConfig(Strict):
 
 
 class BudgetConfig(Strict):
-    memory_mib: int | None = Field(None, ge=64)  # hard limit on the learner's peak RSS
+    """``memory_mib``: a hard limit on the learner's peak RSS. ``plan``: the planner picks
+    batch size, buffer capacity, frozen depth and latent precision under it at the first
+    start (``edgecl.learner.budget``), calibrating on ``calibration_data``; off, only the
+    RAM tier is sized to the budget."""
+
+    memory_mib: int | None = Field(None, ge=64)
+    plan: bool = True
+    calibration_data: str = "cifar100"
 
 
 class ServiceConfig(Strict):
@@ -67,6 +74,9 @@ def default_method() -> MethodSpec:
 class LearnerConfig(Strict):
     seed: int = Field(0, ge=0)
     threads: int = Field(1, ge=1)  # torch threads of the training thread's kernels
+    # niceness added to the training and migration threads (Linux: per thread), so that
+    # predictions and ingestion win a contended CPU; 0 leaves them at the server's priority
+    background_nice: int = Field(10, ge=0, le=19)
     max_classes: int = Field(100, ge=1)
     backbone: BackboneConfig = BackboneConfig()
     data_root: str | None = None

@@ -10,6 +10,7 @@ resumes from its last checkpoint.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -24,6 +25,7 @@ from edgecl.backbones.registry import create_backbone
 from edgecl.data.base import resolve_data_root
 from edgecl.errors import BudgetError, ConfigError, InputError
 from edgecl.io import atomic_write_text
+from edgecl.learner import budget as budget_plan
 from edgecl.learner.config import LearnerConfig, load_learner_config
 from edgecl.learner.engine import Engine
 from edgecl.learner.evaluation import HeldOut
@@ -61,17 +63,22 @@ class Learner:
         self.store = SampleStore(self.state_dir / "samples.db")
         bundle = self._backbone()
         self.img_size = bundle.img_size
-        device = torch.device("cpu")
-        self.trainer_engine = Engine(self.cfg, bundle, device)
-        self.predictor = Engine(self.cfg, bundle, device)
+        planned = self._planning() and budget_plan.cached_choice(self.cfg, self.state_dir)
+        self.choice: budget_plan.Choice | None = planned or None
+        if planned:
+            self.cfg = planned.apply(self.cfg)
+        self._build_engines(bundle)
         self.predict_lock = threading.Lock()
         self.loaded_version = -1
         mem = self.cfg.memory
         self.ram = RamTier(self._ram_capacity(), mem.eviction, self.cfg.seed)
+        if self._planning() and not planned:
+            self._fit_budget(bundle)
         self.held_out = HeldOut.build(self.cfg, self)
         self.migrator = Migrator(
             self.store, self.ram, self.decode, 0, mem.migration, mem.refresh_every_s,
             mem.refresh_fraction, mem.queue_samples)
+        self.migrator.nice = self.cfg.background_nice
         self.trainer = Trainer(self.cfg, self.trainer_engine, self.migrator, self.ram,
                                self.state_dir, weights_sha256(bundle.module),
                                self.held_out.evaluate if self.held_out else None,
@@ -105,6 +112,28 @@ class Learner:
             return create_backbone(b.name, weights=b.weights, img_size=b.img_size,
                                    data_root=resolve_data_root(self.cfg.data_root))
 
+    def _build_engines(self, bundle: Any) -> None:
+        device = torch.device("cpu")
+        self.trainer_engine = Engine(self.cfg, bundle, device)
+        self.predictor = Engine(self.cfg, bundle, device)
+
+    def _planning(self) -> bool:
+        return self.cfg.budget.memory_mib is not None and self.cfg.budget.plan
+
+    def _fit_budget(self, bundle: Any) -> None:
+        """The planner's batch size and method knobs under the budget, for this process
+        with its engines, RAM tier and decode queue at capacity; engines rebuilt if the
+        knobs change."""
+        per_sample = self.img_size * self.img_size * 3 / 2**20
+        resident = rss_mib() + per_sample * (self.ram.capacity + self.cfg.memory.queue_samples)
+        choice = self.choice = budget_plan.choose(self.cfg, resident, self.state_dir)
+        chosen = choice.apply(self.cfg)
+        if chosen is not self.cfg:
+            self.cfg = chosen
+            del self.trainer_engine, self.predictor
+            gc.collect()
+            self._build_engines(bundle)
+
     def _ram_capacity(self) -> int:
         """The RAM tier's capacity: as configured, or less so that the learner's RSS stays
         under ``budget.memory_mib`` (measured now, with every model loaded, plus a reserve
@@ -114,13 +143,15 @@ class Learner:
             return wanted
         now = rss_mib()
         per_sample = self.img_size * self.img_size * 3 / 2**20
-        room = budget - now - STEP_RESERVE_MIB
+        # with the planner, what a step adds is predicted next; without, a fixed reserve
+        reserve = budget_plan.REQUEST_RESERVE_MIB if self._planning() else STEP_RESERVE_MIB
+        room = budget - now - reserve
         if room < 0:
             raise BudgetError(
                 f"budget.memory_mib {budget} is below what the loaded learner needs "
-                f"({now:.0f} MiB now + {STEP_RESERVE_MIB} MiB for a training step); raise it "
-                f"to at least {now + STEP_RESERVE_MIB:.0f}, or use a smaller backbone or "
-                "backbone.img_size (`edgecl plan` predicts each option)")
+                f"({now:.0f} MiB now + {reserve} MiB reserved); raise it to at least "
+                f"{now + reserve:.0f}, or use a smaller backbone or backbone.img_size "
+                "(`edgecl plan` predicts each option)")
         fits = int(room / per_sample)
         if fits < wanted:
             log.warning("budget %d MiB: the RAM tier holds %d samples instead of %d", budget,
@@ -252,7 +283,10 @@ class Learner:
             "rolled_back_updates": p.rolled_back,
             "memory": {"rss_mib": round(now, 1), "peak_rss_mib": round(max(now, peak_rss_mib()), 1),
                        "budget_mib": self.cfg.budget.memory_mib,
-                       "ram_tier_samples": len(self.ram), "ram_tier_capacity": self.ram.capacity},
+                       "ram_tier_samples": len(self.ram), "ram_tier_capacity": self.ram.capacity,
+                       "planned": None if self.choice is None else {
+                           "batch_size": self.choice.batch_size, "changed": self.choice.params,
+                           "predicted_peak_mib": round(self.choice.predicted_peak_mib, 1)}},
             "last_checkpoint": self.trainer.last_checkpoint,
             "method": self.cfg.method.name,
             "uptime_s": round(time.time() - self.started, 1),

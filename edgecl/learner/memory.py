@@ -24,6 +24,7 @@ from typing import Literal
 
 import numpy as np
 
+from edgecl.learner.priority import lower_priority
 from edgecl.learner.store import SampleStore, StoredSample
 
 Eviction = Literal["class_balanced", "reservoir"]
@@ -138,8 +139,10 @@ class Migrator(threading.Thread):
         self.stop_event = threading.Event()
         self.trained_up_to = start_after
         self.errors = 0
+        self.nice = 0  # niceness added to this thread (see lower_priority)
 
     def run(self) -> None:
+        lower_priority(self.nice)
         next_refresh = 0.0
         while not self.stop_event.is_set():
             moved = self.queue_new()

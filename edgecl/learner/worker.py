@@ -19,6 +19,7 @@ from edgecl.errors import CheckpointError, NonFiniteLossError
 from edgecl.learner.config import LearnerConfig
 from edgecl.learner.engine import Engine, Snapshot, task_from, task_record
 from edgecl.learner.memory import Migrator, RamTier, Sample
+from edgecl.learner.priority import lower_priority
 from edgecl.methods.base import Batch, TaskInfo
 from edgecl.runner import checkpoint
 
@@ -64,6 +65,7 @@ class Trainer(threading.Thread):
 
     # -- the loop --
     def run(self) -> None:
+        lower_priority(self.cfg.background_nice)
         torch.set_num_threads(self.cfg.threads)
         while not self.stop_event.is_set():
             chunk = self.next_task_samples()

@@ -30,7 +30,8 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
         return prof.to_dict()
     planner = Planner(cfg, method)
     if op == "plan":
-        return asdict(planner.plan(request.get("device", "host"), request.get("budget_mib")))
+        return asdict(planner.plan(request.get("device", "host"), request.get("budget_mib"),
+                                   resident_mib=request.get("resident_mib")))
     if op == "fit":
         found = planner.fit(request["budget_mib"], request.get("device", "host"),
                             request.get("limit", 5))

@@ -47,6 +47,7 @@ wall time x an assumed 10 W per thread) over the batch's new samples.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -187,6 +188,15 @@ class HostModel:
         return cls(profile.setup_rss_bytes, profile.setup_peak_bytes,
                    profile.setup_buffer_bytes, _overhead(profile, steps), _task_end(profile),
                    t0, rate, profile.threads, host_memory_bytes())
+
+    def rebased(self, resident_bytes: float) -> HostModel:
+        """This model for a process whose resident set before training is ``resident_bytes``
+        instead of the calibration's set-up (a learner: its own engines, store and RAM tier,
+        no data set decoded). What training adds on top is unchanged."""
+        shift = resident_bytes - self.setup_rss_bytes
+        return dataclasses.replace(
+            self, setup_rss_bytes=int(resident_bytes), setup_peak_bytes=int(resident_bytes),
+            task_end=Line(self.task_end.intercept + shift, self.task_end.slope))
 
     def phases(self, steps: StepModel, batch: int) -> dict[str, float]:
         """Predicted peak RSS of each phase: set-up, training steps, task end."""

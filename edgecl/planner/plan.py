@@ -137,26 +137,34 @@ class Planner:
                 self._variants[key] = None
         return self._variants[key]
 
-    def predict(self, device: str = HOST, batch_size: int | None = None) -> Prediction:
-        return predict(self.steps, self.host, batch_size or self.batch_size,
+    def _host(self, resident_mib: float | None) -> HostModel:
+        return self.host if resident_mib is None else self.host.rebased(resident_mib * MIB)
+
+    def predict(self, device: str = HOST, batch_size: int | None = None,
+                resident_mib: float | None = None) -> Prediction:
+        return predict(self.steps, self._host(resident_mib), batch_size or self.batch_size,
                        resolve_device(device))
 
-    def fit(self, budget_mib: float, device: str = HOST, limit: int = 5) -> list[Suggestion]:
-        """Configurations predicted to stay under ``budget_mib`` on ``device``, best first."""
-        return search(self.space, self.evaluate, self.host, budget_mib * MIB,
+    def fit(self, budget_mib: float, device: str = HOST, limit: int = 5,
+            resident_mib: float | None = None) -> list[Suggestion]:
+        """Configurations predicted to stay under ``budget_mib`` on ``device``, best first.
+        ``resident_mib``: the training process's resident set before training, when it is not
+        the calibration's (see :meth:`HostModel.rebased`)."""
+        return search(self.space, self.evaluate, self._host(resident_mib), budget_mib * MIB,
                       resolve_device(device), self.index, limit)
 
     def plan(self, device: str = HOST, budget_mib: float | None = None,
-             limit: int = 5) -> Plan:
+             limit: int = 5, resident_mib: float | None = None) -> Plan:
         key = resolve_device(device)
+        host = self._host(resident_mib)
         budget = None if budget_mib is None else budget_mib * MIB
-        result = Plan(self.spec.run_name, self.predict(key), budget, notes=self.notes(key),
-                      setup_peak_bytes=self.host.setup_peak_bytes)
+        result = Plan(self.spec.run_name, predict(self.steps, host, self.batch_size, key),
+                      budget, notes=self.notes(key), setup_peak_bytes=host.setup_peak_bytes)
         if not result.fits:
-            result.suggestions = search(self.space, self.evaluate, self.host,
+            result.suggestions = search(self.space, self.evaluate, host,
                                         result.limit_bytes, key, self.index, limit)
             if not result.suggestions:
-                result.frugal = most_frugal(self.space, self.evaluate, self.host, key)
+                result.frugal = most_frugal(self.space, self.evaluate, host, key)
         return result
 
     def notes(self, device: str) -> list[str]:
@@ -176,12 +184,15 @@ class Planner:
 
 
 def plan(cfg: RunConfig, device: str = HOST, budget_mib: float | None = None, *,
-         method: str | None = None, isolated: bool = False) -> Plan:
-    """``cfg``'s method (``method``: a label; default the first) on ``device``."""
+         method: str | None = None, isolated: bool = False,
+         resident_mib: float | None = None) -> Plan:
+    """``cfg``'s method (``method``: a label; default the first) on ``device``;
+    ``resident_mib``: see :meth:`Planner.fit`."""
     if isolated:
         return _plan_from(run_request({"op": "plan", "config": _dump(cfg), "method": method,
-                                       "device": device, "budget_mib": budget_mib}))
-    return Planner(cfg, method).plan(device, budget_mib)
+                                       "device": device, "budget_mib": budget_mib,
+                                       "resident_mib": resident_mib}))
+    return Planner(cfg, method).plan(device, budget_mib, resident_mib=resident_mib)
 
 
 def fit(cfg: RunConfig, budget_mib: float, *, method: str | None = None, device: str = HOST,
