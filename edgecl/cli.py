@@ -306,5 +306,116 @@ def plan_devices(
     print(text)
 
 
+@app.command()
+def sweep(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML sweep file")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="override: key=value (dotted path, YAML value)"),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="output directory (default sweeps/<name>)")
+                   ] = None,
+    address: Annotated[str | None, typer.Option(
+        help="join this Ray cluster (ray start --head); default: a local Ray instance")] = None,
+    num_cpus: Annotated[int | None, typer.Option(
+        "--num-cpus", help="CPUs of the local Ray instance (default: all)")] = None,
+    resume: Annotated[Path | None, typer.Option(
+        "--resume", help="continue the sweep in this directory (its unfinished trials)")] = None,
+    retry_errored: Annotated[bool, typer.Option(
+        "--retry-errored", help="with --resume: run the failed trials again too")] = False,
+    report_dir: Annotated[Path | None, typer.Option(
+        "--report", help="rebuild sweep.json/.md/.html of this sweep directory, run nothing")
+    ] = None,
+    data_root: Annotated[
+        Path | None, typer.Option("--data-root", help="dataset/weights root (or $EDGECL_DATA)")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no Ray Tune status")] = False,
+) -> None:
+    """Run a sweep on Ray Tune: seeds × methods × config fields, sampled axes too
+    (docs/sweep.md); each trial an ordinary run directory, aggregated in sweep.md/.html."""
+    from edgecl.sweep import load_sweep, report, resume_sweep, run_sweep
+
+    given = [name for name, value in (("-c", config), ("--resume", resume),
+                                      ("--report", report_dir)) if value is not None]
+    if len(given) != 1:
+        _fail(f"sweep takes one of -c SWEEP.yaml, --resume DIR or --report DIR, got "
+              f"{', '.join(given) or 'none'}")
+    if config is None and (set_ or out or data_root):
+        _fail("--set, --out and --data-root go with -c: a resumed or reported sweep keeps the "
+              "sweep.yaml of its directory")
+    with _user_errors():
+        if report_dir is not None:
+            data, where = report(report_dir), report_dir
+        elif resume is not None:
+            data, where = resume_sweep(resume, address=address, num_cpus=num_cpus,
+                                       retry_errored=retry_errored, verbose=0 if quiet else 1
+                                       ), resume
+        else:
+            spec = load_sweep(config, _with_data_root(set_, data_root))
+            where = out or Path("sweeps") / spec.name
+            data = run_sweep(spec, where, address=address, num_cpus=num_cpus,
+                             verbose=0 if quiet else 1)
+    counts = data["counts"]
+    for label, best in data["best"].items():
+        print(f"best {label}: {best['configuration']} ({data['metric']} {best['mean']:.4g}, "
+              f"{best['n']} seeds)")
+    console.print(f"{counts['completed']} trials completed, {counts['failed']} failed, "
+                  f"{counts['running']} unfinished; sweep.md and sweep.html in {where}/")
+
+
+# ---- CsKO's tools: pretrain a CNN on base classes, probe kernel-element knowledge ----------
+@app.command()
+def pretrain(
+    out: Annotated[Path, typer.Option("--out", help="the weights file to write (.pth)")],
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML run config")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="override: key=value (dotted path, YAML value)"),
+    ] = None,
+    data_root: Annotated[
+        Path | None, typer.Option("--data-root", help="dataset/weights root (or $EDGECL_DATA)")
+    ] = None,
+) -> None:
+    """Train the config's CNN backbone on its first task (the base classes, e.g.
+    data.first_task_classes=50) and save weights that backbone.weights=FILE loads."""
+    from edgecl.config import load_config
+    from edgecl.runner.pretrain import pretrain as run_pretrain
+
+    with _user_errors():
+        cfg = load_config(config, _with_data_root(set_, data_root))
+        summary = run_pretrain(cfg, out)
+    print(json.dumps(summary, indent=1))
+
+
+@app.command("analyze-kernels")
+def analyze_kernels(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML run config")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="override: key=value (dotted path, YAML value)"),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="where kernel_probe.json goes")] = Path(
+        "runs/analyze-kernels"),
+    block: Annotated[
+        list[str] | None, typer.Option("--block", help="a residual block to probe (repeat)")
+    ] = None,
+    data_root: Annotated[
+        Path | None, typer.Option("--data-root", help="dataset/weights root (or $EDGECL_DATA)")
+    ] = None,
+) -> None:
+    """Knowledge intensity of kernel elements per depth: learn the config's first task
+    training only the 3x3 centers, one off-center tap, or whole kernels of one block."""
+    from edgecl.config import load_config
+    from edgecl.runner.kernel_probe import analyze_kernels as run_probe
+    from edgecl.runner.kernel_probe import write_probe
+
+    with _user_errors():
+        cfg = load_config(config, _with_data_root(set_, data_root))
+        probe = run_probe(cfg, block)
+        path = write_probe(probe, out)
+    print(probe.table())
+    console.print(f"wrote {path}")
+
+
 if __name__ == "__main__":
     app()

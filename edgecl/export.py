@@ -42,7 +42,8 @@ FORMAT_VERSION = "1"
 # the same way and kept only if it passes the same check at export time.
 SUPPORTED_METHODS = (
     "finetune", "joint", "er", "derpp", "ewc", "lwf", "sparcl", "lightcl", "latent_replay",
-    "ncm", "l2p", "dualprompt", "coda_prompt", "l2p_rep", "dualprompt_rep", "coda_prompt_rep",
+    "ncm", "l2p", "dualprompt", "coda_prompt", "cps_prompt", "l2p_rep", "dualprompt_rep",
+    "coda_prompt_rep", "csko",
 )
 # REP's selector shrinks its input with an antialiased bilinear resize inside the model;
 # ONNX Resize has the antialias attribute from opset 18 on.

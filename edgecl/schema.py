@@ -34,8 +34,11 @@ class AccuracySummary(Record):
     matrix: list[list[float | None]] | None  # A[t][i]: on task i after task t; None: seen_classes
     final_average: float | None
     average_incremental: float | None
-    forgetting: float | None
+    forgetting: float | None  # Chaudhry et al.: max over the rows before the last
     bwt: float | None
+    # l2p-pytorch / Mammoth / SparCL: max over every row, the last included (never negative);
+    # None in files written before it was recorded
+    forgetting_with_final: float | None = None
 
     @model_validator(mode="after")
     def matrix_is_lower_triangular(self) -> AccuracySummary:
@@ -58,6 +61,8 @@ class AccuracyResults(Record):
     class_il: AccuracySummary
     task_il: AccuracySummary | None
     seen_classes_curve: list[CurvePoint] | None = None
+    # the class-IL argmax: over the classes seen so far or over every logit (eval.class_il_logits)
+    class_il_logits: Literal["seen", "all"] = "seen"
 
 
 # ---- cost --------------------------------------------------------------------------------
@@ -96,6 +101,10 @@ class FlopsResults(Record):
     samples_observed: int  # stream samples the method trained on, repeats over epochs included
     samples_processed: int  # samples through the trained model, replayed ones included
     sparse: dict[str, Any] | None = None  # RigL-style sparse FLOPs (SparCL), beside the dense
+    # training FLOPs by the dtype the op computed in (fp32, bf16, fp16), and the precisions
+    # that ran (train.precision / eval.precision with auto resolved); absent in older files
+    by_dtype: dict[str, int] = {}
+    precision: dict[str, str] = {"train": "fp32", "eval": "fp32"}
 
 
 class MemoryResults(Record):
@@ -112,6 +121,13 @@ class MemoryResults(Record):
     training_footprint_mean_bytes: float
     peak_rss_bytes: int
     cuda_max_allocated_bytes: int | None
+    # the real peak of the probed steps (cost.step_peak_every): allocator events on a CPU plus
+    # what was resident at the step's start, or torch.cuda.max_memory_allocated on a GPU; the
+    # accounting footprint (saved + state) of the same steps beside it; None: not probed
+    step_peak_bytes: int | None = None
+    step_peak_accounting_bytes: int | None = None
+    step_peak_steps: int = 0
+    step_peak_source: Literal["cpu_profiler", "cuda_allocator"] | None = None
 
 
 class TimeResults(Record):
@@ -133,6 +149,7 @@ class EnergyEstimate(Record):
     total_joules: float
     train_compute_seconds: float | None = None
     profile: dict[str, Any]
+    precision: str = "fp32"  # whose peak rate the estimate used (DeviceProfile.rate_precision)
 
 
 class EnergyResults(Record):

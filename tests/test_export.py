@@ -54,12 +54,15 @@ PARAMS: dict[str, dict] = {
     "l2p": {"pool_size": 4, "top_k": 2},
     "dualprompt": {"prompt_layers": [1], "g_layers": [0]},
     "coda_prompt": {"pool_size": 4, "prompt_layers": [0, 1]},
+    "cps_prompt": {"pool_size": 4, "prompt_layers": [0, 1], "phase_split": "steps"},
+    "csko": {"selection_batches": 1, "stats_batches": 1},
     "l2p_rep": {"pool_size": 4, "top_k": 2, "selector": {"resolution": 16}},
     "dualprompt_rep": {"prompt_layers": [1], "g_layers": [0], "selector": {"resolution": 16}},
     "coda_prompt_rep": {"pool_size": 4, "prompt_layers": [0, 1],
                         "selector": {"resolution": 16}},
 }
-CNN_METHODS = ("sparcl",)  # SparCL prunes residual 3x3 convs: a ResNet
+CNN_METHODS = ("sparcl", "csko")  # SparCL prunes residual 3x3 convs, CsKO splits them: a ResNet
+ADAM_METHODS = ("csko",)  # CsKO's projected update is an Adam
 OPSET = {"l2p_rep": 18, "dualprompt_rep": 18, "coda_prompt_rep": 18}  # antialiased resize
 
 
@@ -94,7 +97,8 @@ def trained(name: str, bundle: Backbone, images: np.ndarray | None = None, per_t
         steps_per_task=[steps] * N_TASKS, input_size=size,
     )
     cls = method_class(name)
-    method = cls(cls.Params(**{**PARAMS.get(name, {}), **params}), OptimConfig(lr=0.05))
+    optim = OptimConfig(name="adam", lr=1e-3) if name in ADAM_METHODS else OptimConfig(lr=0.05)
+    method = cls(cls.Params(**{**PARAMS.get(name, {}), **params}), optim)
     torch.manual_seed(0)
     method.setup(copy.deepcopy(bundle.module), info)
     g = torch.Generator().manual_seed(1)
@@ -146,7 +150,7 @@ def test_every_registered_method_is_listed_as_exportable() -> None:
 def test_onnx_predicts_what_the_method_predicts(one_thread, name: str, tiny_vit: Backbone,
                                                 tiny_cnn: Backbone, tmp_path: Path) -> None:
     bundle = vit_or_cnn(name, tiny_vit, tiny_cnn)
-    method = trained(name, bundle, steps=1 if name in CNN_METHODS else 2)
+    method = trained(name, bundle, steps=3 if name == "csko" else 1 if name in CNN_METHODS else 2)
     n = method.seen_classes
     names = [f"class-{i}" for i in range(n)]
     path = tmp_path / "model.onnx"

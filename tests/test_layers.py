@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "edgecl"
 LAYERS = {
     "errors": 0, "io": 0, "schema": 0, "data": 1, "backbones": 2, "efficiency": 3,
     "metrics": 3, "methods": 4, "config": 5, "runner": 6, "analysis": 7, "report": 7,
-    "learner": 7, "planner": 7, "export": 7, "service": 8, "cli": 9,
+    "learner": 7, "planner": 7, "export": 7, "sweep": 7, "service": 8, "cli": 9,
 }
 
 

@@ -127,6 +127,7 @@ def test_search_best_first():
 def small_cfg(cifar100_root):
     return load_config(None, [
         f"data.root={cifar100_root}", "data.train_per_class=4", "data.test_per_class=1",
+        "data.n_tasks=10", "data.class_order=fixed",  # the stream shape these figures assume
         "backbone.weights=random", "backbone.img_size=32", "train.batch_size=8",
         "methods=[{name: latent_replay, split_layer: 9, rm_sz: 40, replay_order: random}]",
     ])

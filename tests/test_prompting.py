@@ -388,3 +388,58 @@ def test_real_run_reports_selection_separately(cifar100_root, vit_tiny_path, tmp
     assert 0 < mem.trainable_parameter_bytes < mem.parameter_bytes / 100
     assert res.cost.time_s.selection > 0
     assert [len(r) for r in res.accuracy.class_il.matrix] == [1, 2]
+
+
+# ---- the evaluation-time query memo ----------------------------------------------------------
+def test_query_cache_computes_only_unseen_rows_and_stays_under_its_size():
+    from edgecl.efficiency.query_cache import QueryCache
+
+    calls: list[int] = []
+
+    def compute(x: torch.Tensor) -> torch.Tensor:
+        calls.append(len(x))
+        return x.flatten(1)[:, :2] * 2
+
+    cache = QueryCache()
+    x = torch.arange(12.0).view(3, 4)
+    assert torch.equal(cache.features(x, compute), compute(x))
+    calls.clear()
+    mixed = torch.cat([x[1:], torch.full((1, 4), 7.0)])  # two seen rows, one new
+    assert torch.equal(cache.features(mixed, compute), compute(mixed)[:3])
+    assert calls[0] == 1 and cache.hits == 2 and cache.misses == 4
+    small = QueryCache(max_bytes=8)  # room for one 2-float row
+    small.features(x, compute)
+    assert len(small) == 1 and small.bytes == 8
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_evaluation_runs_the_query_pass_once_per_test_image(name):
+    method = make_method(name, **METHODS[name])
+    method.begin_task(task(0))
+    x = batch(0, 1).x
+    passes: list[int] = []
+    method.query_model.register_forward_hook(lambda m, a, out: passes.append(len(a[0])))
+    first = method.predict(x)
+    again = method.predict(x)
+    assert passes == [4] and torch.equal(first, again)
+    method.params.cache_eval_queries = False
+    assert torch.allclose(method.predict(x), first) and passes == [4, 4]
+
+
+def test_query_cache_state_round_trips_through_a_checkpoint():
+    import io
+
+    from edgecl.efficiency.query_cache import QueryCache
+
+    cache, x = QueryCache(), torch.randn(3, 4)
+    cache.features(x, lambda t: t[:, :2])
+    buffer = io.BytesIO()
+    torch.save(cache.state_dict(), buffer)
+    buffer.seek(0)
+    restored = QueryCache()
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+
+    def fail(t: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("every row is cached")
+
+    assert torch.equal(restored.features(x, fail), x[:, :2]) and restored.bytes == cache.bytes

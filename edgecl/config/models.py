@@ -30,9 +30,12 @@ from pydantic import (
 
 from edgecl.backbones.registry import backbone_entry
 from edgecl.data.registry import dataset_entry
+from edgecl.data.transforms import AugmentPolicy, TestResize
+from edgecl.efficiency.precision import Precision
 from edgecl.errors import one_line
 from edgecl.methods import REGISTRY, method_class
 from edgecl.methods.base import MethodParams, OptimConfig
+from edgecl.metrics.accuracy import ClassILLogits
 
 
 class Strict(BaseModel):
@@ -41,7 +44,8 @@ class Strict(BaseModel):
 
 # The CORe50 scenarios of edgecl.data.core50.SCENARIO_DIRS (a test keeps the two in sync).
 Core50Scenario = Literal["ni", "nc", "nic", "nicv2_79", "nicv2_196", "nicv2_391"]
-CLASS_INCREMENTAL_FIELDS = ("n_tasks", "class_order", "train_per_class", "test_per_class")
+CLASS_INCREMENTAL_FIELDS = ("n_tasks", "class_order", "train_per_class", "test_per_class",
+                            "per_class_subset", "first_task_classes")
 CORE50_FIELDS = ("core50_scenario", "core50_run", "core50_test_stride", "core50_max_batches")
 
 
@@ -55,6 +59,14 @@ class DataConfig(Strict):
     class_order: Literal["fixed", "seeded"] | list[int] = "fixed"
     train_per_class: int | None = Field(None, ge=1)
     test_per_class: int | None = Field(None, ge=1)
+    # which images *_per_class keeps: a draw seeded by (seed, class), or the first n of each
+    # class in file order (a side-by-side run can then use exactly a reference's images)
+    per_class_subset: Literal["seeded", "first"] = "seeded"
+    # a base session: the first task has this many classes, the rest split evenly (CsKO)
+    first_task_classes: int | None = Field(None, ge=1)
+    # input normalization: the backbone weights' own mean/std (from-scratch backbones: the
+    # data set's), or none (x / 255, what l2p-, dualprompt-pytorch and CODA-Prompt feed)
+    normalize: Literal["weights", "none"] = "weights"
     # core50 only: one task per incremental batch of the scenario's filelists
     core50_scenario: Core50Scenario = "nicv2_391"
     core50_run: int = Field(0, ge=0)
@@ -105,7 +117,13 @@ class DataConfig(Strict):
     @model_validator(mode="after")
     def _tasks_divide_order(self) -> DataConfig:
         order = self.class_order
-        if isinstance(order, list) and len(order) % self.n_tasks:
+        if isinstance(order, list) and self.first_task_classes is not None:
+            rest, later = len(order) - self.first_task_classes, self.n_tasks - 1
+            if rest < 0 or (later and rest % later) or (not later and rest):
+                raise ValueError(
+                    f"data.class_order lists {len(order)} classes: after data.first_task_classes "
+                    f"{self.first_task_classes}, the other {later} tasks cannot split them evenly")
+        elif isinstance(order, list) and len(order) % self.n_tasks:
             raise ValueError(
                 f"data.class_order lists {len(order)} classes, which data.n_tasks "
                 f"{self.n_tasks} does not divide into equal tasks")
@@ -128,9 +146,28 @@ class TrainConfig(Strict):
     epochs: int = Field(1, ge=1)
     batch_size: int = Field(16, ge=1)
     eval_batch_size: int = Field(64, ge=1)
-    augment: bool = True
+    # a named pipeline (edgecl/data/transforms.py); true: random_resized_crop, false: none
+    augment: bool | AugmentPolicy = True
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # random_resized_crop's area range
     max_steps_per_task: int | None = Field(None, ge=1)
     checkpoint_every_steps: int = Field(0, ge=0)  # 0: only at task ends
+    # matmuls/convolutions under autocast, fp32 master weights (edgecl/efficiency/precision.py);
+    # auto: bf16 where the hardware computes it natively and faster, else fp32
+    precision: Precision = "fp32"
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1] <= 1:
+            raise ValueError(f"must satisfy 0 < low <= high <= 1, got {list(value)}")
+        return value
+
+    @property
+    def augment_policy(self) -> AugmentPolicy:
+        """The named pipeline ``augment`` selects (a bool is the older spelling)."""
+        if isinstance(self.augment, bool):
+            return "random_resized_crop" if self.augment else "none"
+        return self.augment
 
 
 class EvalConfig(Strict):
@@ -144,6 +181,13 @@ class EvalConfig(Strict):
 
     protocol: Literal["per_task", "seen_classes"] = "per_task"
     every_n_tasks: int = Field(1, ge=1)
+    # test-time resize: bilinear straight to the input size, or Resize(256/224 S, bicubic) +
+    # CenterCrop(S) as the references do (edgecl/data/transforms.py)
+    test_resize: TestResize = "direct"
+    # class-IL argmax over the classes seen so far, or over every logit (l2p-pytorch,
+    # dualprompt-pytorch and LightCL)
+    class_il_logits: ClassILLogits = "seen"
+    precision: Precision | None = None  # None: the method's train.precision
 
     @model_validator(mode="after")
     def every_needs_seen_classes(self) -> EvalConfig:
@@ -160,6 +204,9 @@ class EvalConfig(Strict):
 
 class CostConfig(Strict):
     count_flops: bool = True
+    # the real per-step memory peak (allocator/profiler) on the first step and every n-th
+    # after it; 0: off (edgecl/metrics/step_peak.py)
+    step_peak_every: int = Field(25, ge=0)
     device_profiles: list[str] = ["jetson_nano", "jetson_xavier_nx", "raspberry_pi_4"]
 
     @field_validator("device_profiles")

@@ -82,6 +82,8 @@ def _split_by_class(entry: DatasetEntry, data: DataSpec, seed: int, **options: A
         seed=seed,
         train_per_class=data.train_per_class,
         test_per_class=data.test_per_class,
+        per_class_subset=getattr(data, "per_class_subset", "seeded"),
+        first_task_classes=getattr(data, "first_task_classes", None),
     )
 
 

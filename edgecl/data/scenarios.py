@@ -80,6 +80,8 @@ def class_incremental(
     train_per_class: int | None = None,
     test_per_class: int | None = None,
     classes_per_task: Sequence[int] | None = None,
+    per_class_subset: str = "seeded",
+    first_task_classes: int | None = None,
 ) -> Scenario:
     """Split the classes (in ``class_order``) into ``n_tasks`` consecutive tasks.
 
@@ -87,24 +89,32 @@ def class_incremental(
     ``np.random.default_rng(seed)``) or an explicit sequence of original class ids, which may
     use a subset of the classes. ``train_per_class``/``test_per_class`` keep that many samples
     of every class, drawn from a generator seeded by (seed, class id), so the same images are
-    kept whatever the class order. Only samples of ordered classes are kept; they stay in
-    their original relative order.
+    kept whatever the class order (``per_class_subset="seeded"``), or the first that many of
+    each class in file order (``"first"``). Only samples of ordered classes are kept; they
+    stay in their original relative order. ``first_task_classes``: a base session of that many
+    classes, the rest split evenly over the other ``n_tasks - 1`` tasks (CsKO's protocol).
     """
     _check_compatible(train, test)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise DataError(f"seed must be a non-negative integer, got {seed!r}.")
+    if per_class_subset not in ("seeded", "first"):
+        raise DataError(f"per_class_subset must be 'seeded' or 'first', got {per_class_subset!r}.")
     order = resolve_class_order(class_order, train.num_classes, seed)
+    if first_task_classes is not None and classes_per_task is None:
+        classes_per_task = base_session_sizes(len(order), n_tasks, first_task_classes)
     sizes = task_sizes(len(order), n_tasks, classes_per_task)
     remap = np.full(train.num_classes, -1, dtype=np.int64)
     remap[order] = np.arange(len(order), dtype=np.int64)
     names = tuple(train.class_names[c] for c in order)
-    new_train = _remapped(train, order, remap, names, train_per_class, seed, _TRAIN_SALT)
-    new_test = _remapped(test, order, remap, names, test_per_class, seed, _TEST_SALT)
+    first = per_class_subset == "first"
+    new_train = _remapped(train, order, remap, names, train_per_class, seed, _TRAIN_SALT, first)
+    new_test = _remapped(test, order, remap, names, test_per_class, seed, _TEST_SALT, first)
     tasks = _make_tasks(sizes, new_train.labels, new_test.labels)
     order_tag = class_order if isinstance(class_order, str) else "custom"
     name = f"{train.name.removesuffix('-train')}/ci-{n_tasks}tasks-{order_tag}-seed{seed}"
     if train_per_class is not None or test_per_class is not None:
         name += f"-per-class{train_per_class or 'all'}-{test_per_class or 'all'}"
+        name += "-first" if first else ""
     return Scenario(
         name=name,
         train=new_train,
@@ -149,6 +159,17 @@ def resolve_class_order(
     return order.astype(np.int64)
 
 
+def base_session_sizes(n_classes: int, n_tasks: int, first: int) -> list[int]:
+    """A first task of ``first`` classes, then the rest split evenly over ``n_tasks - 1``."""
+    rest, later = n_classes - first, n_tasks - 1
+    if first < 1 or rest < 0 or (later == 0 and rest) or (later and (rest < later or rest % later)):
+        raise DataError(
+            f"first_task_classes={first} leaves {rest} of {n_classes} classes, which cannot be "
+            f"split evenly into the other {later} tasks; choose n_tasks - 1 dividing them."
+        )
+    return [first] + ([rest // later] * later if later else [])
+
+
 def task_sizes(n_classes: int, n_tasks: int, classes_per_task: Sequence[int] | None) -> list[int]:
     """Number of classes of each task."""
     if n_tasks < 1:
@@ -177,8 +198,9 @@ def _remapped(
     per_class: int | None,
     seed: int,
     salt: int,
+    first: bool = False,
 ) -> ArrayDataset:
-    keep = _kept_indices(dataset, order, per_class, seed, salt)
+    keep = _kept_indices(dataset, order, per_class, seed, salt, first)
     if len(keep) == len(dataset):
         images = dataset.images  # every sample kept, in order: share the (possibly mmapped) array
     else:
@@ -188,28 +210,34 @@ def _remapped(
 
 
 def _kept_indices(
-    dataset: ArrayDataset, order: np.ndarray, per_class: int | None, seed: int, salt: int
+    dataset: ArrayDataset, order: np.ndarray, per_class: int | None, seed: int, salt: int,
+    first: bool = False,
 ) -> np.ndarray:
-    """Sorted indices of the samples kept: all of the ordered classes, or per_class of each."""
+    """Sorted indices of the samples kept: all of the ordered classes, or per_class of each
+    (a seeded draw, or the first per_class in file order)."""
     if per_class is not None and per_class < 1:
         raise DataError(f"Per-class sample counts must be at least 1, got {per_class}.")
     chosen = []
     for cls in order:
         members = np.flatnonzero(dataset.labels == cls)
         if per_class is not None:
-            members = _subsample_class(members, per_class, int(cls), seed, salt, dataset.name)
+            members = _subsample_class(members, per_class, int(cls), seed, salt, dataset.name,
+                                       first)
         chosen.append(members)
     return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
 def _subsample_class(
-    members: np.ndarray, per_class: int, cls: int, seed: int, salt: int, name: str
+    members: np.ndarray, per_class: int, cls: int, seed: int, salt: int, name: str,
+    first: bool = False,
 ) -> np.ndarray:
     if per_class > len(members):
         raise DataError(
             f"{name!r} has only {len(members)} samples of class {cls}, fewer than the "
             f"{per_class} requested per class; lower the per-class count."
         )
+    if first:  # members are in file order (np.flatnonzero)
+        return members[:per_class]
     rng = np.random.default_rng([seed, salt, cls])
     return np.sort(rng.choice(members, size=per_class, replace=False))
 

@@ -3,12 +3,27 @@
 A :class:`BatchTransform` maps ``(B, H, W, C)`` uint8 tensors (C = 1 or 3) to normalized
 ``(B, 3, S, S)`` float32 tensors. The training transform draws all its randomness from the
 ``torch.Generator`` passed in, so a batch's augmentation is reproducible from its seed.
+
+Named pipelines (:func:`make_transforms`, set by ``train.augment``, ``train.crop_scale`` and
+``eval.test_resize``):
+
+- ``random_resized_crop``: RandomResizedCrop(S, scale, ratio 3/4-4/3) + horizontal flip, the
+  prompt references' training pipeline (l2p-pytorch / dualprompt-pytorch: scale 0.05-1;
+  torchvision's default and CODA-Prompt: 0.08-1).
+- ``random_crop_pad4``: RandomCrop(32, padding=4) + horizontal flip, then a resize to S if S
+  differs from the image size: CNNs trained from scratch on 32-px CIFAR (SparCL, Mammoth's
+  DER++, LightCL).
+- ``none``: the deterministic test-time pipeline.
+- test time ``direct``: bilinear straight to S (antialiased when shrinking); ``resize_crop``:
+  Resize(int(256 / 224 * S), bicubic) + CenterCrop(S), the references' test pipeline. Bicubic
+  here is ``F.interpolate``'s (a = -0.75) where the references resize PIL images (a = -0.5).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -20,15 +35,27 @@ from edgecl.errors import DataError
 # as the usual sequential rejection loop does; images with no fitting candidate use the
 # largest box whose aspect ratio is in range (the whole image if its own ratio is).
 CROP_ATTEMPTS = 10
+AugmentPolicy = Literal["random_resized_crop", "random_crop_pad4", "none"]
+TestResize = Literal["direct", "resize_crop"]
+RESIZE_CROP_RATIO = 256 / 224  # Resize(int(256 / 224 * S)) then CenterCrop(S)
 
 
 class BatchTransform:
-    """Resize to ``size`` x ``size`` and normalize; subclasses add random augmentation."""
+    """Resize to ``size`` x ``size`` and normalize; subclasses add random augmentation.
 
-    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+    ``resize``: ``direct`` (bilinear straight to ``size``) or ``resize_crop`` (bicubic to
+    ``int(256 / 224 * size)``, then the centre ``size`` x ``size`` crop). Both are
+    deterministic, so either is an un-augmented transform.
+    """
+
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float],
+                 resize: TestResize = "direct") -> None:
         if size < 1:
             raise DataError(f"Transform size must be a positive number of pixels, got {size}.")
+        if resize not in ("direct", "resize_crop"):
+            raise DataError(f"Test-time resize must be direct or resize_crop, got {resize!r}.")
         self.size = int(size)
+        self.resize = resize
         self.mean = _three_channels(mean, "mean")
         self.std = _three_channels(std, "std")
         if any(s <= 0 for s in self.std):
@@ -43,17 +70,9 @@ class BatchTransform:
 
     def _resize(self, batch: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         del generator  # deterministic
-        height, width = batch.shape[-2:]
-        if (height, width) == (self.size, self.size):
-            return batch
-        downsampling = self.size < height or self.size < width
-        return F.interpolate(
-            batch,
-            size=(self.size, self.size),
-            mode="bilinear",
-            align_corners=False,
-            antialias=downsampling,
-        )
+        if self.resize == "resize_crop":
+            return resize_center_crop(batch, self.size)
+        return resize_direct(batch, self.size)
 
     def _normalize(self, batch: torch.Tensor) -> torch.Tensor:
         # (x / 255 - mean) / std folded into one multiply-add per element.
@@ -65,7 +84,36 @@ class BatchTransform:
         return torch.addcmul(shift.view(1, 3, 1, 1), batch, scale.view(1, 3, 1, 1)).contiguous()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(size={self.size}, mean={self.mean}, std={self.std})"
+        return (f"{type(self).__name__}(size={self.size}, resize={self.resize}, "
+                f"mean={self.mean}, std={self.std})")
+
+
+def resize_direct(batch: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear to ``size`` x ``size`` (antialiased when shrinking)."""
+    height, width = batch.shape[-2:]
+    if (height, width) == (size, size):
+        return batch
+    downsampling = size < height or size < width
+    return F.interpolate(batch, size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=downsampling)
+
+
+def resize_center_crop(batch: torch.Tensor, size: int) -> torch.Tensor:
+    """torchvision's Resize(int(256 / 224 * size), bicubic) + CenterCrop(size): the shorter
+    side to that length (aspect kept), then the centre crop (offsets ``round((h - size) / 2)``);
+    values clamped to the pixel range as an 8-bit resize would."""
+    height, width = batch.shape[-2:]
+    short = int(RESIZE_CROP_RATIO * size)
+    if height <= width:
+        new_h, new_w = short, int(short * width / height)
+    else:
+        new_h, new_w = int(short * height / width), short
+    if (new_h, new_w) != (height, width):
+        downsampling = new_h < height or new_w < width
+        batch = F.interpolate(batch, size=(new_h, new_w), mode="bicubic", align_corners=False,
+                              antialias=downsampling).clamp_(0.0, 255.0)
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    return batch[..., top:top + size, left:left + size]
 
 
 class RandomResizedCropFlip(BatchTransform):
@@ -115,9 +163,69 @@ class RandomResizedCropFlip(BatchTransform):
         )
 
 
-def eval_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> BatchTransform:
-    """Bilinear resize to ``size`` (antialiased when shrinking) and normalize; grey -> RGB."""
-    return BatchTransform(size, mean, std)
+class RandomCropPadFlip(BatchTransform):
+    """RandomCrop(crop, padding=pad) + horizontal flip (torchvision's zero fill), then a
+    bilinear resize to ``size`` when the crop is another size; ``crop`` None: the image size.
+
+    Offsets are uniform in ``[0, 2 * pad]`` on each axis, as torchvision's ``randint(0,
+    h + 2 * pad - crop + 1)``.
+    """
+
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], pad: int = 4,
+                 crop: int | None = None, hflip: float = 0.5) -> None:
+        super().__init__(size, mean, std)
+        if pad < 0:
+            raise DataError(f"Crop padding must be >= 0 pixels, got {pad}.")
+        if not (0 <= hflip <= 1):
+            raise DataError(f"hflip is a probability in [0, 1], got {hflip}.")
+        self.pad, self.crop, self.hflip = int(pad), crop, float(hflip)
+
+    def _resize(self, batch: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        n, _, height, width = batch.shape
+        crop_h, crop_w = (self.crop, self.crop) if self.crop else (height, width)
+        padded = F.pad(batch, (self.pad,) * 4)
+        span_h, span_w = height + 2 * self.pad - crop_h, width + 2 * self.pad - crop_w
+        if span_h < 0 or span_w < 0:
+            raise DataError(f"Crop {crop_h}x{crop_w} exceeds the padded image "
+                            f"{height + 2 * self.pad}x{width + 2 * self.pad}.")
+        top = (_uniform(n, generator) * (span_h + 1)).long().clamp_(max=span_h)
+        left = (_uniform(n, generator) * (span_w + 1)).long().clamp_(max=span_w)
+        flips = _uniform(n, generator) < self.hflip
+        rows = (top.view(n, 1) + torch.arange(crop_h)).to(batch.device)
+        cols = left.view(n, 1) + torch.arange(crop_w)
+        cols = torch.where(flips.view(n, 1), cols.flip(1), cols).to(batch.device)
+        index = torch.arange(n, device=batch.device).view(n, 1, 1)
+        crops = padded.permute(0, 2, 3, 1)[index, rows.view(n, -1, 1), cols.view(n, 1, -1)]
+        return resize_direct(crops.permute(0, 3, 1, 2), self.size)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(size={self.size}, pad={self.pad}, crop={self.crop}, "
+                f"hflip={self.hflip}, mean={self.mean}, std={self.std})")
+
+
+def eval_transform(size: int, mean: Sequence[float], std: Sequence[float],
+                   resize: TestResize = "direct") -> BatchTransform:
+    """The test-time pipeline (``resize``: see :class:`BatchTransform`); grey -> RGB."""
+    return BatchTransform(size, mean, std, resize)
+
+
+def make_transforms(
+    size: int, mean: Sequence[float], std: Sequence[float], *,
+    augment: AugmentPolicy = "random_resized_crop",
+    crop_scale: tuple[float, float] = (0.08, 1.0),
+    test_resize: TestResize = "direct",
+) -> tuple[BatchTransform, BatchTransform]:
+    """(training, test) transforms of a named pipeline (see the module docstring). With
+    ``augment: none`` training uses the test pipeline itself."""
+    evaluation = eval_transform(size, mean, std, test_resize)
+    if augment == "none":
+        return evaluation, evaluation
+    if augment == "random_resized_crop":
+        return RandomResizedCropFlip(size, mean, std, scale=crop_scale), evaluation
+    if augment == "random_crop_pad4":
+        return RandomCropPadFlip(size, mean, std, pad=4), evaluation
+    raise DataError(f"Unknown augmentation {augment!r}; use random_resized_crop, "
+                    "random_crop_pad4 or none.")
 
 
 def train_transform(

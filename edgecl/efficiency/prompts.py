@@ -36,7 +36,9 @@ Prefix = dict[int, tuple[Tensor, Tensor]]
 
 
 def init_tensor(shape: Sequence[int], init: PromptInit, generator: torch.Generator) -> Tensor:
-    """``uniform``: U(-1, 1); ``uniform01``: U(0, 1) (``nn.init.uniform_``'s default); ``zero``."""
+    """``uniform``: U(-1, 1) (l2p- and dualprompt-pytorch's prompts and keys, l2p-pytorch since
+    commit 173a6af); ``uniform01``: U(0, 1) (``nn.init.uniform_``'s default bounds, what
+    l2p-pytorch used before that commit); ``zero``."""
     if init == "zero":
         return torch.zeros(*shape)
     low = -1.0 if init == "uniform" else 0.0

@@ -15,6 +15,7 @@ REGISTRY: dict[str, str] = {
     "l2p": "edgecl.methods.l2p:L2P",
     "dualprompt": "edgecl.methods.dualprompt:DualPrompt",
     "coda_prompt": "edgecl.methods.coda_prompt:CodaPrompt",
+    "cps_prompt": "edgecl.methods.cps_prompt:CpsPrompt",
     "l2p_rep": "edgecl.methods.rep:L2PREP",
     "dualprompt_rep": "edgecl.methods.rep:DualPromptREP",
     "coda_prompt_rep": "edgecl.methods.rep:CodaPromptREP",
@@ -24,6 +25,7 @@ REGISTRY: dict[str, str] = {
     "sparcl": "edgecl.methods.sparcl:SparCL",
     "lightcl": "edgecl.methods.lightcl:LightCL",
     "latent_replay": "edgecl.methods.latent_replay:LatentReplay",
+    "csko": "edgecl.methods.csko:CsKO",
 }
 
 

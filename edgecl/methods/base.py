@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from edgecl.data.transforms import BatchTransform
+from edgecl.efficiency.precision import LossScaler
 from edgecl.errors import NonFiniteLossError
 from edgecl.metrics.cost import CostMeter, optimizer_state_bytes, tensor_bytes
 
@@ -67,6 +68,8 @@ class BenchmarkInfo:
     seed: int
     steps_per_task: list[int]
     input_size: int
+    precision: str = "fp32"  # the training precision that runs (edgecl.efficiency.precision)
+    epochs: int = 1  # per task (train.epochs)
 
 
 @dataclass
@@ -128,6 +131,7 @@ class Method:
         self.modules = nn.ModuleDict()
         self.task_index = -1
         self.seen_classes = 0
+        self.loss_scaler = LossScaler("fp32", torch.device("cpu"))  # setup sets the real one
 
     # ---- lifecycle -----------------------------------------------------------------------
     def setup(self, backbone: nn.Module, info: BenchmarkInfo) -> None:
@@ -135,6 +139,7 @@ class Method:
         self.meter = info.meter
         self.device = info.device
         self.rng = torch.Generator().manual_seed(info.seed)
+        self.loss_scaler = LossScaler(info.precision, info.device)
 
     def begin_task(self, task: TaskInfo) -> None:
         self.task_index = task.index
@@ -204,14 +209,18 @@ class Method:
         self.check_finite(loss)
         assert self.optimizer is not None, "begin_task must run before observe"
         self.optimizer.zero_grad(set_to_none=True)
-        with self.meter.phase("backward"):
-            loss.backward()
-        with self.meter.phase("step"):
+        # backward and the update outside autocast: gradients follow the forward's dtypes,
+        # and the fp32 master weights are updated in fp32
+        no_autocast = torch.autocast(self.device.type, enabled=False)
+        with self.meter.phase("backward"), no_autocast:
+            self.loss_scaler.backward(loss)
+        with self.meter.phase("step"), no_autocast:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            self.loss_scaler.unscale(self.optimizer)
             if self.optim_cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, self.optim_cfg.grad_clip)
             self.before_step()
-            self.optimizer.step()
+            self.loss_scaler.step(self.optimizer)
             if self.scheduler is not None:
                 self.scheduler.step()
             self.after_step()
@@ -241,6 +250,7 @@ class Method:
             "task_index": self.task_index,
             "seen_classes": self.seen_classes,
             "extra": self.extra_state(),
+            "loss_scaler": self.loss_scaler.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -259,6 +269,7 @@ class Method:
         self.rng.set_state(state["rng"])
         self.task_index = state["task_index"]
         self.seen_classes = state["seen_classes"]
+        self.loss_scaler.load_state_dict(state.get("loss_scaler", {}))
 
 
 def mask_logits(logits: Tensor, allowed: Tensor | int) -> Tensor:

@@ -10,8 +10,10 @@ sample.
 
 Choices (reference: JH-LEE-KR/l2p-pytorch; spec: specs/prompting.md):
 
-- ``prompt_init``/``key_init`` = ``uniform01``: l2p-pytorch calls ``nn.init.uniform_`` without
-  bounds, i.e. U(0, 1); the spec's U(-1, 1) is ``uniform``.
+- ``prompt_init``/``key_init`` = ``uniform``, U(-1, 1): l2p-pytorch's pool prompts and keys
+  use ``nn.init.uniform_(p, -1, 1)`` since commit 173a6af (Sep 2022, prompt.py); before it
+  called ``nn.init.uniform_`` without bounds, U(0, 1), still available as ``uniform01``.
+  dualprompt-pytorch uses U(-1, 1) too; CODA-Prompt initialises orthogonally.
 - ``prompt_pos_embed`` = ``cls``: l2p-pytorch resizes the pretrained position table by copying
   the CLS position to every prompt slot, so prompt tokens get the CLS position embedding;
   ``none`` gives them none.
@@ -51,8 +53,8 @@ class L2PParams(PromptParams):
     batchwise_prompt: bool = True
     batchwise_eval: bool = False
     task_prompts: bool = False
-    prompt_init: PromptInit = "uniform01"
-    key_init: PromptInit = "uniform01"
+    prompt_init: PromptInit = "uniform"  # U(-1, 1), l2p-pytorch since 173a6af
+    key_init: PromptInit = "uniform"
     pull_lambda: float = 0.1
     tuning: Tuning = "prompt"
     prompt_layers: list[int] = [0]

@@ -22,6 +22,13 @@ following ``vlomonaco/ar1-pytorch`` and ``Dequino/ViT-LR``:
   consolidated weights of the batch's classes (its own ∪ those in the buffer) are loaded;
   after it, the rows are consolidated by class counts; evaluation uses the consolidated
   weights. ``head: plain`` trains a normal linear head instead.
+- *first batch* (``first_batch``): ``runner`` trains batch 0 in the runner's minibatches of
+  ``train.batch_size``; ``reference`` does what ar1-pytorch does (``pad_data``): minibatches
+  of ``mb_size`` (100), the batch padded to a multiple of it. The runner's minibatches are
+  gathered (their frozen-prefix latents) until ``mb_size`` are queued, then one update runs on
+  those ``mb_size``; the last group of an epoch is padded with the epoch's first latents, as
+  the reference prepends its first samples. The padding duplicates are not buffer candidates
+  (in the reference they may be), and a step that only queues reports ``n_samples`` 0.
 - ViT-LR hyper-parameters: SGD momentum 0.9, L2 5e-4, lr 1e-3 on the first batch and 5e-5
   afterwards (the optimizer is rebuilt when the lr changes and kept after that), 4 epochs
   (``train.epochs``), latents after the last block (only the final norm and head train).
@@ -81,6 +88,7 @@ class LatentReplayParams(MethodParams):
     optimizer_reset: Literal["lr_change", "each_task"] = "lr_change"
     cache_features: bool = False
     cache_storage: Storage = "fp32"
+    first_batch: Literal["runner", "reference"] = "runner"  # reference: pad, mb_size steps
 
 
 # ---- the rules, as small functions -----------------------------------------------------------
@@ -99,6 +107,65 @@ def replacement_count(rm_sz: int, batch_index: int, n_cur: int) -> int:
     """h = min(rm_sz // (i + 1), N_cur): latents of batch i that enter the buffer."""
     return min(rm_sz // (batch_index + 1), n_cur)
 
+
+
+class FirstBatchGroups:
+    """Minibatches of ``mb_size`` from runner minibatches of any size, each epoch of ``n``
+    samples padded to a multiple of ``mb_size`` with its first samples (ar1-pytorch's
+    ``pad_data``): ``ceil(n / mb_size)`` groups per epoch."""
+
+    def __init__(self, mb_size: int, n: int = 0) -> None:
+        self.mb_size, self.n = mb_size, n
+        self.queue: list[tuple[Tensor, Tensor]] = []
+        self.head: list[tuple[Tensor, Tensor]] = []  # the epoch's first mb_size samples
+        self.epoch, self.seen = -1, 0
+
+    def queued(self) -> int:
+        return sum(len(y) for _, y in self.queue)
+
+    def _take(self, count: int) -> tuple[Tensor, Tensor]:
+        h = torch.cat([a for a, _ in self.queue])
+        y = torch.cat([b for _, b in self.queue])
+        self.queue = [(h[count:], y[count:])] if len(y) > count else []
+        return h[:count], y[:count]
+
+    def add(self, h: Tensor, y: Tensor, epoch: int) -> list[tuple[Tensor, Tensor]]:
+        """The full groups ready after this runner minibatch (the last padded at epoch end)."""
+        out = self.flush() if epoch != self.epoch else []
+        if epoch != self.epoch:
+            self.epoch, self.seen, self.head = epoch, 0, []
+        if sum(len(b) for _, b in self.head) < self.mb_size:
+            self.head.append((h, y))
+        self.queue.append((h, y))
+        self.seen += len(y)
+        while self.queued() >= self.mb_size:
+            out.append(self._take(self.mb_size))
+        if self.n and self.seen >= self.n:
+            out.extend(self.flush())
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        def pair(parts: list[tuple[Tensor, Tensor]]) -> list[Tensor] | None:
+            return [torch.cat([a for a, _ in parts]).cpu(),
+                    torch.cat([b for _, b in parts]).cpu()] if parts else None
+        return {"queue": pair(self.queue), "head": pair(self.head), "epoch": self.epoch,
+                "seen": self.seen, "n": self.n}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        def parts(saved: list[Tensor] | None) -> list[tuple[Tensor, Tensor]]:
+            return [(saved[0].to(device), saved[1].to(device))] if saved else []
+        self.queue, self.head = parts(state["queue"]), parts(state["head"])
+        self.epoch, self.seen, self.n = state["epoch"], state["seen"], state["n"]
+
+    def flush(self) -> list[tuple[Tensor, Tensor]]:
+        """The queued rest, padded with the epoch's first samples to one group (or none)."""
+        missing = self.mb_size - self.queued()
+        if not self.queue or missing <= 0:
+            return []
+        pad_h = torch.cat([a for a, _ in self.head])[:missing]
+        pad_y = torch.cat([b for _, b in self.head])[:missing]
+        self.queue.append((pad_h, pad_y))
+        return [self._take(self.mb_size)]
 
 
 def default_split(backbone: nn.Module) -> int:
@@ -134,6 +201,7 @@ class LatentReplay(Method):
         self.pending = LatentReservoir(0, p.storage)
         self.cursor, self.cursor_epoch = 0, -1
         self.mix = (1, 0, 0)
+        self.group = FirstBatchGroups(p.mb_size)
 
     # ---- lifecycle -----------------------------------------------------------------------
     def optim_for(self, index: int) -> None:
@@ -156,6 +224,7 @@ class LatentReplay(Method):
             self.cwr.begin_batch(self.head.weight, task.classes, self.buffer.stored_labels())
         self.features.begin_task(task.n_train)
         self.optim_for(task.index)
+        self.group = FirstBatchGroups(p.mb_size, task.n_train)
         super().begin_task(task)
 
     def replay_slots(self, n: int, epoch: int) -> Tensor:
@@ -185,6 +254,9 @@ class LatentReplay(Method):
                 self.pending.add(h, y.cpu(), self.rng)
                 if self.cwr is not None:
                     self.cwr.count(y)
+        if self.task_index == 0 and self.params.first_batch == "reference":
+            return self.observe_grouped(h, y, batch.epoch)
+        with self.meter.phase("forward"):
             replayed = self.replay(len(y), batch.epoch)
             if replayed is not None:
                 h = torch.cat([h, replayed[0].to(h.dtype)])
@@ -193,7 +265,21 @@ class LatentReplay(Method):
         self.optimize(loss)
         return StepStats(float(loss.detach()), len(y), {"replayed": float(len(y) - len(batch.y))})
 
+    def observe_grouped(self, h: Tensor, y: Tensor, epoch: int) -> StepStats:
+        """Batch 0 as the reference trains it: one update per ``mb_size`` queued latents."""
+        loss_value, n = 0.0, 0
+        for gh, gy in self.group.add(h.detach(), y, epoch):
+            with self.meter.phase("forward"):
+                loss = F.cross_entropy(self.head(self.frozen.suffix(gh)), gy)
+            self.optimize(loss)
+            loss_value, n = float(loss.detach()), n + len(gy)
+        return StepStats(loss_value, n, {"replayed": 0.0})
+
     def end_task(self, task: TaskInfo) -> None:
+        for gh, gy in self.group.flush():  # an epoch cut short (train.max_steps_per_task)
+            with self.meter.phase("forward"):
+                loss = F.cross_entropy(self.head(self.frozen.suffix(gh)), gy)
+            self.optimize(loss)
         if self.cwr is not None:
             self.cwr.end_batch(self.head.weight)
         latents, labels = self.pending.contents()
@@ -217,6 +303,7 @@ class LatentReplay(Method):
             "cwr": self.cwr.state_dict() if self.cwr is not None else None,
             "cursor": (self.cursor, self.cursor_epoch), "mix": self.mix,
             "cache": self.features.state_dict(),
+            "first_batch_groups": self.group.state_dict(),
         }
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
@@ -228,3 +315,5 @@ class LatentReplay(Method):
         self.cursor, self.cursor_epoch = state["cursor"]
         self.mix = tuple(state["mix"])
         self.features.load_state_dict(state["cache"])
+        if "first_batch_groups" in state:
+            self.group.load_state_dict(state["first_batch_groups"], self.device)

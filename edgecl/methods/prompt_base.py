@@ -32,7 +32,7 @@ Blocks before the first prefix layer cannot influence any gradient, so they run 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from edgecl.backbones.vit import VisionTransformer, ViTHooks, ViTOutput
 from edgecl.efficiency.prompts import Prefix, QueryModel, Tuning
+from edgecl.efficiency.query_cache import QueryCache
 from edgecl.methods.base import Batch, BenchmarkInfo, Method, MethodParams, StepStats, mask_logits
 
 HeadInput = Literal["cls", "prompt_mean", "cls_prompt_mean"]
@@ -55,6 +56,9 @@ class PromptParams(MethodParams):
     prompt_pos_embed: PosEmbed = "none"
     head_input: HeadInput = "cls"
     train_mask: bool = True
+    # evaluation: memoize each test image's query (the query model is frozen), so after the
+    # first evaluation an image costs a hash instead of a query pass (efficiency/query_cache.py)
+    cache_eval_queries: bool = True
 
     @model_validator(mode="after")
     def _consistent(self) -> PromptParams:
@@ -101,6 +105,7 @@ class PromptMethod(Method):
         self.vit = backbone.to(self.device).requires_grad_(False).eval()
         self.modules["backbone"] = self.vit
         self.query_model = self.build_query_model()
+        self.eval_queries = QueryCache()
         self.head = nn.Linear(self.vit.embed_dim, info.num_classes).to(self.device)
         nn.init.trunc_normal_(self.head.weight, std=0.02, generator=self.rng)
         nn.init.zeros_(self.head.bias)
@@ -168,8 +173,18 @@ class PromptMethod(Method):
         self.optimize(loss)
         return StepStats(float(loss.detach()), len(batch.y), prompted.stats)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "eval_queries": self.eval_queries.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.eval_queries.load_state_dict(state.get("eval_queries", {}))
+
     @torch.no_grad()
     def predict(self, x: Tensor) -> Tensor:
         # At evaluation the query pass stays in the runner's ``eval`` phase.
-        logits, _ = self.forward_logits(x, self.query(x), training=False)
+        tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        query = (self.eval_queries.features(x, self.query)
+                 if self.params.cache_eval_queries and not tracing else self.query(x))
+        logits, _ = self.forward_logits(x, query, training=False)
         return logits

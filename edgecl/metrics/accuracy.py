@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
 Accuracy = float | None
+# class-IL argmax: over the classes seen so far, or over every logit (l2p-pytorch,
+# dualprompt-pytorch and LightCL take it over all of them; unseen heads are then untrained)
+ClassILLogits = Literal["seen", "all"]
 
 
 def mean_defined(values: Sequence[Accuracy]) -> Accuracy:
@@ -53,12 +57,22 @@ class AccuracyMatrix:
         return [i for i in range(last) if self.rows[last][i] is not None]
 
     def forgetting(self) -> Accuracy:
-        """mean over i < T of (max_{t<T} A[t][i] − A[T][i]); 0 with a single task."""
+        """Chaudhry et al. (2018): mean over i < T of (max_{t<T} A[t][i] − A[T][i]), the max
+        over earlier rows only (so it may be negative); 0 with a single task."""
+        return self._forgetting(include_final=False)
+
+    def forgetting_with_final(self) -> Accuracy:
+        """l2p-pytorch / Mammoth / SparCL: mean over i < T of (max_{t<=T} A[t][i] − A[T][i]),
+        the max including the final row, so never negative; 0 with a single task."""
+        return self._forgetting(include_final=True)
+
+    def _forgetting(self, include_final: bool) -> Accuracy:
         last = len(self.rows) - 1
         if last < 1:
             return 0.0
+        end = last + 1 if include_final else last
         drops = [
-            max(self.rows[t][i] for t in range(i, last)) - self.rows[last][i]
+            max(self.rows[t][i] for t in range(i, end)) - self.rows[last][i]
             for i in self._tested_before_last()
         ]
         return mean_defined(drops)
@@ -77,6 +91,7 @@ class AccuracyMatrix:
             "final_average": self.final_average(),
             "average_incremental": self.average_incremental(),
             "forgetting": self.forgetting(),
+            "forgetting_with_final": self.forgetting_with_final(),
             "bwt": self.bwt(),
         }
 
@@ -105,12 +120,18 @@ class SeenClassesCurve:
             "final_average": accuracies[-1] if accuracies else None,
             "average_incremental": mean_defined(accuracies),
             "forgetting": None,
+            "forgetting_with_final": None,
             "bwt": None,
         }
 
 
-def class_il_predictions(logits: Tensor, n_seen: int) -> Tensor:
-    """Argmax over all classes seen so far (class-incremental)."""
+def class_il_predictions(logits: Tensor, n_seen: int, over: ClassILLogits = "seen") -> Tensor:
+    """Class-incremental argmax: over the classes seen so far (``0..n_seen-1``, classes are
+    numbered in stream order) or over every logit (``all``)."""
+    if over == "all":
+        return logits.argmax(dim=1)
+    if over != "seen":
+        raise ValueError(f"class-IL argmax is over 'seen' or 'all' logits, got {over!r}")
     return logits[:, :n_seen].argmax(dim=1)
 
 
@@ -123,3 +144,4 @@ def task_il_predictions(logits: Tensor, task_classes: Tensor) -> Tensor:
 
 def percent_correct(pred: Tensor, target: Tensor) -> float:
     return 100.0 * float((pred == target).float().mean()) if len(target) else float("nan")
+

@@ -75,6 +75,14 @@ def _attention_cost(q: Tensor, k: Tensor, v: Tensor, out: Tensor) -> tuple[int, 
     return fwd, bwd
 
 
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``fp32``/``bf16``/``fp16`` (the names of ``train.precision``), else torch's name."""
+    return DTYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
+
+
 def _unpack(t: Tensor) -> Tensor:
     return t
 
@@ -104,6 +112,7 @@ class CostMeter:
         self.device = torch.device(device)
         self.count_flops = count_flops
         self.flops: dict[str, int] = defaultdict(int)
+        self.flops_by_dtype: dict[str, int] = defaultdict(int)  # training FLOPs by compute dtype
         self.seconds: dict[str, float] = defaultdict(float)
         self.saved_bytes_per_step: list[int] = []
         self._phase = "forward"
@@ -124,6 +133,9 @@ class CostMeter:
         self.flops[self._phase] += fwd
         if bwd:
             self.flops["backward"] += bwd
+        if self._phase != "eval" and isinstance(out, Tensor):
+            # the output's dtype is the one the op computed in (autocast casts the inputs)
+            self.flops_by_dtype[dtype_name(out.dtype)] += fwd + bwd
 
     @contextlib.contextmanager
     def active(self) -> Iterator[CostMeter]:
@@ -198,10 +210,12 @@ class CostMeter:
 
     def state_dict(self) -> dict:
         return {"flops": dict(self.flops), "seconds": dict(self.seconds),
-                "saved": list(self.saved_bytes_per_step)}
+                "saved": list(self.saved_bytes_per_step),
+                "flops_by_dtype": dict(self.flops_by_dtype)}
 
     def load_state_dict(self, state: dict) -> None:
         self.flops.update(state["flops"])
+        self.flops_by_dtype.update(state.get("flops_by_dtype", {}))
         self.seconds.update(state["seconds"])
         self.saved_bytes_per_step = list(state["saved"])
 

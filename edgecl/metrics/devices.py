@@ -58,8 +58,18 @@ class DeviceProfile:
         memory = dram_bytes / self.dram_bytes_per_s if self.dram_bytes_per_s else 0.0
         return flops / self.sustained(precision) + memory
 
-    def estimate(self, flops: float, dram_bytes: float) -> dict:
-        compute_s = flops / self.sustained_flops
+    def rate_precision(self, precision: str) -> str:
+        """The precision whose peak an estimate uses for a run at ``precision``: its own where
+        the device lists it; a bf16 run on a device with fp16 only (Jetsons before Orin,
+        phones) at fp16, the 16-bit format that device would use; else fp32."""
+        if precision == "fp32" or precision in self.peak_flops:
+            return precision
+        if precision == "bf16" and "fp16" in self.peak_flops:
+            return "fp16"
+        return "fp32"
+
+    def estimate(self, flops: float, dram_bytes: float, precision: str = "fp32") -> dict:
+        compute_s = flops / self.sustained(self.rate_precision(precision))
         joules = compute_s * self.load_watts + dram_bytes * self.dram_joules_per_byte
         return {"joules": joules, "compute_seconds": compute_s}
 

@@ -24,7 +24,8 @@ COMPARE_COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
     ("method", "Method", fmt.text),
     ("class_il_final", "Class-IL final acc (%)", fmt.percent),
     ("class_il_avg_incremental", "Class-IL avg incremental acc (%)", fmt.percent),
-    ("class_il_forgetting", "Forgetting (pts)", fmt.percent_or_na),
+    ("class_il_forgetting", "Forgetting, Chaudhry (pts)", fmt.percent_or_na),
+    ("class_il_forgetting_with_final", "Forgetting, incl. last row (pts)", fmt.percent_or_na),
     ("task_il_final", "Task-IL final acc (%)", fmt.percent),
     ("train_gflops", "Train GFLOPs", fmt.human),
     ("selection_gflops", "Selection GFLOPs", fmt.human),
@@ -38,6 +39,17 @@ COMPARE_COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
     ("energy_ratio", "Energy ×", fmt.times),
     ("acc_delta", "Class-IL acc Δ (pts)", fmt.signed),
 )
+# accuracy columns shown with their 95 % half-width (edgecl.metrics.intervals)
+INTERVAL_KEYS = {
+    "class_il_final": "class_il_final_ci95",
+    "class_il_avg_incremental": "class_il_avg_incremental_ci95",
+    "task_il_final": "task_il_final_ci95",
+}
+INTERVAL_NOTE = (
+    "Accuracies show ± the half-width of their 95 % interval from the number of test images "
+    "(binomial, normal approximation; the average incremental accuracy's is an upper bound). "
+    "Forgetting, Chaudhry: max over the rows before the last; incl. last row: the "
+    "l2p-pytorch / Mammoth / SparCL definition, never negative.")
 RATIOS = (  # (ratio key, the headline value it compares)
     ("flops_ratio", "train_gflops"),
     ("memory_ratio", "train_footprint_mib"),
@@ -65,11 +77,17 @@ def compare_table(results: Sequence[RunResults]) -> list[dict[str, Any]]:
     return rows
 
 
+def _cell(row: dict[str, Any], key: str, show: Callable[[Any], str]) -> str:
+    if key in INTERVAL_KEYS:
+        return fmt.with_interval(row[key], row[INTERVAL_KEYS[key]])
+    return show(row[key])
+
+
 def _section(results: Sequence[RunResults]) -> Section:
     rows = compare_table(results)
     table = Table(
         headers=[header for _, header, _ in COMPARE_COLUMNS],
-        rows=[[show(row[key]) for key, _, show in COMPARE_COLUMNS] for row in rows],
+        rows=[[_cell(row, key, show) for key, _, show in COMPARE_COLUMNS] for row in rows],
     )
     blocks: list[Block] = [table]
     if results:
@@ -79,6 +97,10 @@ def _section(results: Sequence[RunResults]) -> Section:
             "memory is the training footprint of the largest step; time is the training loop "
             "time; energy is the host estimate for the whole run."
         ))
+    if results:
+        argmax = sorted({row["class_il_logits"] for row in rows})
+        blocks.append(Note(f"{INTERVAL_NOTE} Class-IL argmax over {' / '.join(argmax)} "
+                           "logits (seen: the classes seen so far; all: every logit)."))
     blocks.append(Note(ENERGY_NOTE, highlight=True))
     return Section("Comparison", blocks)
 

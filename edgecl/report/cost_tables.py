@@ -47,7 +47,10 @@ MEMORY_LABELS = {
     "training_footprint_mean_bytes": "Training footprint (mean step)",
     "peak_rss_bytes": "Process peak RSS",
     "cuda_max_allocated_bytes": "CUDA max allocated",
+    "step_peak_bytes": "Real step peak, allocator (largest probed step)",
+    "step_peak_accounting_bytes": "Training footprint of the probed steps (accounting)",
 }
+MEMORY_NOT_BYTES = ("step_peak_steps", "step_peak_source")  # told in the caption
 TIME_LABELS = {
     "data": "Data loading",
     "selection": "Sample selection",
@@ -62,9 +65,14 @@ TIME_LABELS = {
 
 
 def memory_table(result: RunResults) -> Table:
-    components = labelled_fields(result.cost.memory, MEMORY_LABELS)
+    memory = result.cost.memory
+    components = labelled_fields(memory, MEMORY_LABELS, skip=MEMORY_NOT_BYTES)
     rows = [[label, fmt.human(fmt.scaled(value, fmt.MIB))] for label, value in components]
-    return Table(["Component", "MiB"], rows, "Memory")
+    caption = "Memory"
+    if memory.step_peak_steps:
+        caption += (f" (real step peak: {memory.step_peak_steps} probed steps, "
+                    f"{memory.step_peak_source})")
+    return Table(["Component", "MiB"], rows, caption)
 
 
 def time_table(result: RunResults) -> Table:

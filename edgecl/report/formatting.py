@@ -67,6 +67,13 @@ percent_or_na = _formatter(".2f", NOT_DEFINED)
 signed_or_na = _formatter("+.2f", NOT_DEFINED)
 
 
+def with_interval(value: float | None, half_width: float | None) -> str:
+    """``55.00 ± 6.90``: a percentage and its 95 % half-width (points), or the value alone."""
+    shown = percent(value)
+    width = known(half_width)
+    return shown if shown == MISSING or width is None else f"{shown} ± {width:.2f}"
+
+
 def times(value: float | None) -> str:
     value = known(value)
     return MISSING if value is None else f"{human(value)}×"

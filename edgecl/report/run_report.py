@@ -24,7 +24,14 @@ from edgecl.report.document import (
     render_markdown,
 )
 from edgecl.report.plots import curves_png, heatmap_png
-from edgecl.report.values import accuracy_points, headline, matrix, row_averages, seen_classes
+from edgecl.report.values import (
+    accuracy_intervals,
+    accuracy_points,
+    headline,
+    matrix,
+    row_averages,
+    seen_classes,
+)
 from edgecl.schema import AccuracySummary, CurvePoint, Environment, RunResults
 
 SETTINGS = (("class_il", "Class-IL"), ("task_il", "Task-IL"))
@@ -37,6 +44,7 @@ def _title(result: RunResults) -> str:
 # ---- summary -----------------------------------------------------------------------------
 def _summary_table(result: RunResults) -> Table:
     env, scenario, accuracy = result.environment, result.scenario, result.accuracy
+    widths = accuracy_intervals(result)
     rows = [
         ["Run", result.label],
         ["Method", fmt.text(result.method)],
@@ -46,11 +54,13 @@ def _summary_table(result: RunResults) -> Table:
         ["Evaluation", _evaluation_text(result)],
     ]
     if seen_classes(result):
-        rows += _seen_classes_rows(accuracy.class_il)
+        rows += _seen_classes_rows(accuracy.class_il, widths)
     else:
-        rows += _per_task_rows(accuracy.class_il, "Class-IL")
+        rows += _per_task_rows(accuracy.class_il, "Class-IL", widths["class_il_final_ci95"],
+                               widths["class_il_avg_incremental_ci95"])
         if accuracy.task_il is not None:
-            rows += _per_task_rows(accuracy.task_il, "Task-IL")
+            rows += _per_task_rows(accuracy.task_il, "Task-IL", widths["task_il_final_ci95"])
+    rows.append(["Class-IL argmax over", f"{accuracy.class_il_logits} logits"])
     cost = headline(result)
     versions = (result.edgecl_version, env.python, env.torch)
     rows += [
@@ -68,18 +78,24 @@ def _summary_table(result: RunResults) -> Table:
     return Table(["Item", "Value"], rows)
 
 
-def _per_task_rows(acc: AccuracySummary, label: str) -> list[list[str]]:
+def _per_task_rows(acc: AccuracySummary, label: str, final_ci: float | None = None,
+                   incremental_ci: float | None = None) -> list[list[str]]:
     return [
-        [f"{label} final avg acc (%)", fmt.percent(acc.final_average)],
-        [f"{label} avg incremental acc (%)", fmt.percent(acc.average_incremental)],
-        [f"{label} forgetting (pts)", fmt.percent_or_na(acc.forgetting)],
+        [f"{label} final avg acc (%, ± 95 %)", fmt.with_interval(acc.final_average, final_ci)],
+        [f"{label} avg incremental acc (%, ± 95 %)",
+         fmt.with_interval(acc.average_incremental, incremental_ci)],
+        [f"{label} forgetting, Chaudhry (pts)", fmt.percent_or_na(acc.forgetting)],
+        [f"{label} forgetting, incl. last row (pts)",
+         fmt.percent_or_na(acc.forgetting_with_final)],
         [f"{label} BWT (pts)", fmt.signed_or_na(acc.bwt)],
     ]
 
 
-def _seen_classes_rows(acc: AccuracySummary) -> list[list[str]]:
+def _seen_classes_rows(acc: AccuracySummary, widths: dict[str, float | None]
+                       ) -> list[list[str]]:
     return [
-        ["Class-IL final acc, all seen classes (%)", fmt.percent(acc.final_average)],
+        ["Class-IL final acc, all seen classes (%, ± 95 %)",
+         fmt.with_interval(acc.final_average, widths["class_il_final_ci95"])],
         ["Class-IL mean over the curve (%)", fmt.percent(acc.average_incremental)],
         ["Class-IL forgetting / BWT (pts)", fmt.NOT_DEFINED],
         ["Task-IL accuracy (%)", fmt.NOT_DEFINED],

@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from edgecl.metrics.intervals import interval95, matrix_intervals95
 from edgecl.report.formatting import MIB, known, scaled
 from edgecl.schema import RunResults, TrainFlops
 
@@ -81,6 +82,29 @@ def host_joules(result: RunResults) -> float | None:
     return total if total is not None else known(host.train_joules)
 
 
+def accuracy_intervals(result: RunResults) -> dict[str, float | None]:
+    """95 % half-widths (points) of the final and average incremental accuracies, from the
+    number of test images of each task (``edgecl.metrics.intervals``)."""
+    counts = result.scenario.test_samples_per_task
+    accuracy = result.accuracy
+    if seen_classes(result):
+        curve = accuracy.seen_classes_curve or []
+        widths = [interval95(known(p.class_il), p.test_samples) for p in curve]
+        known_widths = [w for w in widths if w is not None]
+        return {
+            "class_il_final_ci95": widths[-1] if widths else None,
+            "class_il_avg_incremental_ci95": (
+                sum(known_widths) / len(known_widths) if known_widths else None),
+            "task_il_final_ci95": None,
+        }
+    final, incremental = matrix_intervals95(accuracy.class_il.matrix or [], counts)
+    task_final = None
+    if accuracy.task_il is not None:
+        task_final, _ = matrix_intervals95(accuracy.task_il.matrix or [], counts)
+    return {"class_il_final_ci95": final, "class_il_avg_incremental_ci95": incremental,
+            "task_il_final_ci95": task_final}
+
+
 def headline(result: RunResults) -> dict[str, Any]:
     """The figures of a run that the comparison table and the run summary both show."""
     class_il, task_il = result.accuracy.class_il, result.accuracy.task_il
@@ -91,7 +115,10 @@ def headline(result: RunResults) -> dict[str, Any]:
         "class_il_final": known(class_il.final_average),
         "class_il_avg_incremental": known(class_il.average_incremental),
         "class_il_forgetting": known(class_il.forgetting),
+        "class_il_forgetting_with_final": known(class_il.forgetting_with_final),
         "task_il_final": None if task_il is None else known(task_il.final_average),
+        **accuracy_intervals(result),
+        "class_il_logits": result.accuracy.class_il_logits,
         "train_gflops": scaled(flops.train.total, 1e9),
         "selection_gflops": scaled(flops.train.selection, 1e9),
         "prefix_gflops": scaled(flops.train.prefix, 1e9),

@@ -23,7 +23,8 @@ from edgecl.data.loader import num_batches
 from edgecl.data.registry import build_scenario as scenario_of
 from edgecl.data.registry import dataset_entry
 from edgecl.data.scenarios import Scenario
-from edgecl.data.transforms import BatchTransform
+from edgecl.data.transforms import BatchTransform, make_transforms
+from edgecl.efficiency import precision
 from edgecl.errors import ConfigError
 from edgecl.methods import method_class
 from edgecl.methods.base import BenchmarkInfo, Method, TaskInfo
@@ -65,6 +66,19 @@ def build_backbone(cfg: RunConfig) -> Backbone:
         return create_backbone(
             cfg.backbone.name, weights=cfg.backbone.weights, img_size=cfg.backbone.img_size,
             data_root=resolve_data_root(cfg.data.root))
+
+
+def normalization(cfg: RunConfig, bundle: Backbone) -> tuple[tuple[float, ...], ...]:
+    """(mean, std) of the inputs: the weights' own (their registry entry), the data set's for a
+    backbone trained from scratch (no weights file), or none (x / 255) with
+    ``data.normalize: none``."""
+    if cfg.data.normalize == "none":
+        return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    if not bundle.entry.pretrained and cfg.backbone.weights in (None, "random"):
+        info = dataset_entry(cfg.data.dataset).info
+        if "mean" in info and "std" in info:
+            return tuple(info["mean"]), tuple(info["std"])
+    return bundle.mean, bundle.std
 
 
 def build_scenario(cfg: RunConfig) -> Scenario:
@@ -109,6 +123,8 @@ class MethodSetup:
     task_steps: list[int]
     frozen_sha256: str  # of the pretrained backbone the method starts from
     pristine: dict[str, str] = field(default_factory=dict)  # digests right after setup
+    precision: str = "fp32"  # training precision that runs (auto resolved)
+    eval_precision: str = "fp32"
 
     @property
     def n_tasks(self) -> int:
@@ -126,19 +142,24 @@ def setup_method(
     """A fresh method on a fresh copy of ``bundle``: the same objects on every (re)start."""
     train_cfg = spec.train_config(cfg.train)
     meter = CostMeter(device, count_flops=cfg.cost.count_flops)
-    train_tf, eval_tf = dataset_entry(cfg.data.dataset).transforms(
-        bundle.img_size, bundle.mean, bundle.std, augment=train_cfg.augment)
+    mean, std = normalization(cfg, bundle)
+    train_tf, eval_tf = make_transforms(
+        bundle.img_size, mean, std, augment=train_cfg.augment_policy,
+        crop_scale=train_cfg.crop_scale, test_resize=cfg.eval.test_resize)
     cls = method_class(spec.name)
     method = cls(spec.method_params(), spec.optim_config(cfg.optim))
     task_train = [train_indices(scenario, t, cls.trains_on_all_seen_data)
                   for t in range(len(scenario.tasks))]
     n_steps = [steps_in_task(len(ix), train_cfg) for ix in task_train]
     backbone = copy.deepcopy(bundle.module).to(device)
+    train_precision = precision.resolve(train_cfg.precision, device)
+    eval_precision = precision.resolve(cfg.eval.precision or train_cfg.precision, device)
     info = BenchmarkInfo(
         num_classes=scenario.num_classes, n_tasks=len(scenario.tasks),
         task_classes=[torch.as_tensor(t.classes) for t in scenario.tasks],
         train_transform=train_tf, device=device, meter=meter, seed=cfg.seed,
-        steps_per_task=n_steps, input_size=bundle.img_size,
+        steps_per_task=n_steps, input_size=bundle.img_size, precision=train_precision,
+        epochs=train_cfg.epochs,
     )
     torch.manual_seed(cfg.seed)
     method.setup(backbone, info)
@@ -148,7 +169,8 @@ def setup_method(
         device=device, train_cfg=train_cfg, train_tf=train_tf,
         eval_tf=eval_tf, task_train=task_train, task_steps=n_steps,
         frozen_sha256=frozen_sha256 or weights_sha256(bundle.module),
-        pristine=module_digests(method.modules),
+        pristine=module_digests(method.modules), precision=train_precision,
+        eval_precision=eval_precision,
     )
 
 

@@ -12,6 +12,7 @@ from edgecl.data.transforms import BatchTransform
 from edgecl.methods.base import Method
 from edgecl.metrics.accuracy import (
     Accuracy,
+    ClassILLogits,
     class_il_predictions,
     percent_correct,
     task_il_predictions,
@@ -30,15 +31,17 @@ def seen_class_count(scenario: Scenario, t: int) -> int:
 def predictions(
     method: Method, scenario: Scenario, indices: np.ndarray, transform: BatchTransform,
     batch_size: int, device: torch.device, n_seen: int, task_classes: torch.Tensor | None = None,
+    class_il_logits: ClassILLogits = "seen",
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Class-IL predictions (argmax over classes ``0..n_seen-1``), task-IL predictions (argmax
-    over ``task_classes``; None without them) and targets on ``scenario.test[indices]``."""
+    """Class-IL predictions (argmax over classes ``0..n_seen-1``, or over every logit with
+    ``class_il_logits="all"``), task-IL predictions (argmax over ``task_classes``; None
+    without them) and targets on ``scenario.test[indices]``."""
     preds_c, preds_t, targets = [], [], []
     for x, y, _ in iterate_batches(
         scenario.test, indices, batch_size, transform=transform, shuffle=False, seed=0,
     ):
         logits = method.predict(x.to(device))
-        preds_c.append(class_il_predictions(logits, n_seen).cpu())
+        preds_c.append(class_il_predictions(logits, n_seen, class_il_logits).cpu())
         if task_classes is not None:
             preds_t.append(task_il_predictions(logits, task_classes).cpu())
         targets.append(y)
@@ -48,7 +51,7 @@ def predictions(
 @torch.no_grad()
 def evaluate(
     method: Method, scenario: Scenario, t: int, transform: BatchTransform, batch_size: int,
-    meter: CostMeter, device: torch.device,
+    meter: CostMeter, device: torch.device, class_il_logits: ClassILLogits = "seen",
 ) -> tuple[list[Accuracy], list[Accuracy]]:
     """Class-IL and task-IL accuracy on each task 0..t after training task t (protocol
     ``per_task``); None for a task without test images."""
@@ -64,7 +67,7 @@ def evaluate(
             classes = torch.as_tensor(task.classes, device=device)
             pred_c, pred_t, target = predictions(
                 method, scenario, task.test_indices, transform, batch_size, device, n_seen,
-                classes)
+                classes, class_il_logits)
             class_il.append(percent_correct(pred_c, target))
             task_il.append(percent_correct(pred_t, target))
     return class_il, task_il
@@ -78,7 +81,7 @@ def seen_test_indices(scenario: Scenario, t: int) -> np.ndarray:
 @torch.no_grad()
 def evaluate_seen_classes(
     method: Method, scenario: Scenario, t: int, transform: BatchTransform, batch_size: int,
-    meter: CostMeter, device: torch.device,
+    meter: CostMeter, device: torch.device, class_il_logits: ClassILLogits = "seen",
 ) -> tuple[int, int, Accuracy]:
     """(classes seen, test images, class-IL accuracy on them) after task t (protocol
     ``seen_classes``); accuracy None if the seen classes have no test image."""
@@ -88,5 +91,6 @@ def evaluate_seen_classes(
         return n_seen, 0, None
     with meter.phase("eval"):
         pred, _, target = predictions(
-            method, scenario, indices, transform, batch_size, device, n_seen)
+            method, scenario, indices, transform, batch_size, device, n_seen,
+            class_il_logits=class_il_logits)
     return n_seen, len(indices), percent_correct(pred, target)

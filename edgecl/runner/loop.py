@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from edgecl.data.loader import iterate_batches
+from edgecl.efficiency.precision import autocast
 from edgecl.methods.base import Batch, StepStats, TaskInfo
 from edgecl.metrics.accuracy import AccuracyMatrix, SeenClassesCurve
 from edgecl.metrics.cost import NvmlEnergy
@@ -23,6 +24,7 @@ from edgecl.runner import checkpoint
 from edgecl.runner.build import MethodSetup
 from edgecl.runner.callbacks import Callback, MemorySampler
 from edgecl.runner.evaluation import evaluate, evaluate_seen_classes
+from edgecl.runner.step_peak import StepPeakSampler
 
 START = {"task": 0, "epoch": 0, "batch": 0, "step": 0}
 
@@ -40,7 +42,8 @@ class TrainingLoop:
         self.method, self.meter = run.method, run.meter
         self.checkpoint_path = checkpoint_path
         self.memory = MemorySampler()
-        self.callbacks: list[Callback] = [self.memory, *callbacks]
+        self.step_peak = StepPeakSampler(run.cfg.cost.step_peak_every)
+        self.callbacks: list[Callback] = [self.memory, self.step_peak, *callbacks]
         self.cil, self.til = AccuracyMatrix(), AccuracyMatrix()
         self.seen_curve = SeenClassesCurve()
         self.per_task: list[dict[str, Any]] = []
@@ -174,7 +177,8 @@ class TrainingLoop:
         return Batch(x.to(device), y.to(device), raw, idx, t, epoch)
 
     def step(self, batch: Batch) -> StepStats:
-        with self.meter.training_step():
+        with self.step_peak.probe(self, batch), self.meter.training_step(), \
+                autocast(self.run.precision, self.run.device):
             stats = self.method.observe(batch)
         self.samples_observed += len(batch.y)
         self.samples_processed += stats.n_samples
@@ -186,15 +190,17 @@ class TrainingLoop:
         run, record = self.run, self.per_task[-1]
         before = self.meter.seconds["eval"]
         args = (self.method, run.scenario, t, run.eval_tf, run.train_cfg.eval_batch_size,
-                self.meter, run.device)
+                self.meter, run.device, run.cfg.eval.class_il_logits)
         if run.cfg.eval.protocol == "seen_classes":
             if not run.cfg.eval.due(t, run.n_tasks):
                 return
-            n_seen, n_test, acc = evaluate_seen_classes(*args)
+            with autocast(run.eval_precision, run.device):
+                n_seen, n_test, acc = evaluate_seen_classes(*args)
             self.seen_curve.add_point(t, n_seen, n_test, acc)
             record["class_il_seen_classes"] = acc
         else:
-            cil, til = evaluate(*args)
+            with autocast(run.eval_precision, run.device):
+                cil, til = evaluate(*args)
             self.cil.add_row(cil)
             self.til.add_row(til)
             record["class_il_average"] = self.cil.final_average()

@@ -32,6 +32,7 @@ def memory_results(loop: TrainingLoop) -> dict[str, Any]:
         "peak_rss_bytes": peak_rss_bytes(),
         "cuda_max_allocated_bytes": (
             torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None),
+        **loop.step_peak.results(),
     }
 
 
@@ -46,6 +47,8 @@ def flops_results(loop: TrainingLoop) -> dict[str, Any]:
         "samples_observed": loop.samples_observed,
         "samples_processed": loop.samples_processed,
         "sparse": sparse,
+        "by_dtype": dict(loop.meter.flops_by_dtype),
+        "precision": {"train": loop.run.precision, "eval": loop.run.eval_precision},
     }
 
 
@@ -64,21 +67,25 @@ def energy_results(loop: TrainingLoop, flops: dict[str, Any], memory: dict[str, 
         times["train_total"], times["train_total"] + times["eval"], torch.get_num_threads())}
     for name in loop.run.cfg.cost.device_profiles:
         prof = PROFILES[name]
-        train = prof.estimate(train_flops, train_bytes)
-        total = prof.estimate(train_flops + flops["eval"], train_bytes)
+        run_precision = loop.run.precision
+        train = prof.estimate(train_flops, train_bytes, run_precision)
+        total = prof.estimate(train_flops + flops["eval"], train_bytes, run_precision)
         estimates[name] = {
             "train_joules": train["joules"], "total_joules": total["joules"],
             "train_compute_seconds": train["compute_seconds"], "profile": prof.as_dict(),
+            "precision": prof.rate_precision(run_precision),
         }
     return {"estimates": estimates, "measured": measured, "note": ENERGY_NOTE}
 
 
 def accuracy_results(loop: TrainingLoop) -> dict[str, Any]:
+    logits = loop.run.cfg.eval.class_il_logits
     if loop.run.cfg.eval.protocol == "seen_classes":
         return {"protocol": "seen_classes", "class_il": loop.seen_curve.summary(),
-                "task_il": None, "seen_classes_curve": loop.seen_curve.points}
+                "task_il": None, "seen_classes_curve": loop.seen_curve.points,
+                "class_il_logits": logits}
     return {"protocol": "per_task", "class_il": loop.cil.summary(),
-            "task_il": loop.til.summary()}
+            "task_il": loop.til.summary(), "class_il_logits": logits}
 
 
 def config_record(loop: TrainingLoop) -> dict[str, Any]:
