@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import statistics
@@ -190,7 +191,18 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
+def fresh(*paths: Path) -> None:
+    """A rerun starts from nothing: an old state directory would hold the samples already
+    (no training to measure under) and an old acknowledgement log would be appended to."""
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def under_load(work: Path, stream: dict[str, Any]) -> dict[str, Any]:
+    fresh(work / "load_state", work / "load_acked.jsonl")
     cfg = work / "load.yaml"
     cfg.write_text(yaml.safe_dump(learner_config()))
     server = Server(work / "load_state", cfg, free_port(), work / "load_server.log")
@@ -243,6 +255,7 @@ def under_load(work: Path, stream: dict[str, Any]) -> dict[str, Any]:
 
 
 def kill_nine(work: Path, stream: dict[str, Any], restarts: int) -> dict[str, Any]:
+    fresh(work / "kill_state", work / "kill_acked.jsonl")
     cfg = work / "kill.yaml"
     cfg.write_text(yaml.safe_dump(learner_config(checkpoint_every_s=1.0)))
     state = work / "kill_state"

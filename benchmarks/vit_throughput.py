@@ -125,9 +125,14 @@ def main() -> None:
         "fraction_of_peak": per["fp32"]["fraction_of_peak"],
         "target_fraction": GOAL,
     }
+    native = res["native_bf16"]
+    # emulated bf16 has no peak to reach: its "peak" is a slow fallback kernel, and a ratio to
+    # it says nothing about using the hardware, so the target only counts where bf16 is native
     res["targets"] = [
-        {"name": "bf16 ViT-Ti step / bf16 matmul peak", "measured": bf16["fraction_of_peak"],
-         "goal": f">= {GOAL}", "met": bf16["fraction_of_peak"] >= GOAL},
+        {"name": "bf16 ViT-Ti step / bf16 matmul peak" + ("" if native else
+                                                          " (bf16 emulated on this CPU)"),
+         "measured": bf16["fraction_of_peak"], "goal": f">= {GOAL}, native bf16",
+         "met": native and bf16["fraction_of_peak"] >= GOAL},
         {"name": "fp32 ViT-Ti step / fp32 matmul peak",
          "measured": per["fp32"]["fraction_of_peak"], "goal": f">= {GOAL}",
          "met": per["fp32"]["fraction_of_peak"] >= GOAL},

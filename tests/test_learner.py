@@ -305,3 +305,26 @@ def test_background_threads_run_at_a_lower_priority_than_the_caller():
     worker.join()
     assert seen["thread"] == min(19, before + 5)
     assert os.getpriority(os.PRIO_PROCESS, 0) == before  # the process and caller keep theirs
+
+
+def test_the_training_thread_waits_before_each_layer_while_a_prediction_runs():
+    from torch import nn
+
+    from edgecl.learner.yielding import PredictionGate, yield_to_predictions
+
+    gate = PredictionGate(max_wait_s=5.0)
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+    handles = yield_to_predictions(model, gate)
+    assert len(handles) == 3  # the leaves, not the container
+    model(torch.zeros(1, 2))  # no prediction in flight: no wait
+    assert gate.waits == 0
+    finished = threading.Event()
+    with gate.predicting():
+        worker = threading.Thread(target=lambda: (model(torch.zeros(1, 2)), finished.set()))
+        worker.start()
+        time.sleep(0.3)
+        assert not finished.is_set() and gate.waits == 1  # held before its first layer
+    worker.join(timeout=5)
+    assert finished.is_set()
+    for h in handles:
+        h.remove()

@@ -52,6 +52,9 @@ class BudgetConfig(Strict):
 class ServiceConfig(Strict):
     max_body_mib: float = Field(16, gt=0)
     top_k: int = Field(5, ge=1)
+    # the training thread pauses before each layer while a prediction is in flight
+    # (edgecl/learner/yielding.py), so predictions get the CPU
+    predictions_first: bool = True
 
 
 class EvalConfig(Strict):

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from torch import nn
 
 from edgecl.backbones.registry import create_backbone
 from edgecl.data.base import resolve_data_root
@@ -33,6 +34,7 @@ from edgecl.learner.images import check_label, decode, open_image
 from edgecl.learner.memory import Migrator, RamTier, Sample
 from edgecl.learner.store import SampleStore
 from edgecl.learner.worker import Trainer
+from edgecl.learner.yielding import PredictionGate, yield_to_predictions
 from edgecl.metrics.cost import peak_rss_bytes
 from edgecl.planner.proc import rss_bytes
 from edgecl.runner.checkpoint import weights_sha256
@@ -63,6 +65,7 @@ class Learner:
         self.store = SampleStore(self.state_dir / "samples.db")
         bundle = self._backbone()
         self.img_size = bundle.img_size
+        self.gate = PredictionGate()
         planned = self._planning() and budget_plan.cached_choice(self.cfg, self.state_dir)
         self.choice: budget_plan.Choice | None = planned or None
         if planned:
@@ -116,6 +119,9 @@ class Learner:
         device = torch.device("cpu")
         self.trainer_engine = Engine(self.cfg, bundle, device)
         self.predictor = Engine(self.cfg, bundle, device)
+        if self.cfg.service.predictions_first:
+            yield_to_predictions(nn.ModuleList([self.trainer_engine.method.modules,
+                                                self.trainer_engine.backbone]), self.gate)
 
     def _planning(self) -> bool:
         return self.cfg.budget.memory_mib is not None and self.cfg.budget.plan
@@ -238,7 +244,7 @@ class Learner:
     def logits(self, images: np.ndarray) -> tuple[torch.Tensor, int, int]:
         """Logits over the trained classes of (B, S, S, 3) uint8 images, the model version
         and the number of classes they cover."""
-        with self.predict_lock:
+        with self.gate.predicting(), self.predict_lock:
             engine, version = self._predictor()
             logits = engine.method.predict(engine.inputs(images))
             n = engine.method.seen_classes
