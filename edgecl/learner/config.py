@@ -55,6 +55,9 @@ class ServiceConfig(Strict):
     # the training thread pauses before each layer while a prediction is in flight
     # (edgecl/learner/yielding.py), so predictions get the CPU
     predictions_first: bool = True
+    # torch threads of a prediction; None: every core when predictions_first pauses training,
+    # else the training's `threads`
+    predict_threads: int | None = Field(None, ge=1)
 
 
 class EvalConfig(Strict):

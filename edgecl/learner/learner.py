@@ -10,10 +10,13 @@ resumes from its last checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
+import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +69,9 @@ class Learner:
         bundle = self._backbone()
         self.img_size = bundle.img_size
         self.gate = PredictionGate()
+        s = self.cfg.service
+        self.predict_threads = s.predict_threads or (
+            os.cpu_count() or 1 if s.predictions_first else self.cfg.threads)
         planned = self._planning() and budget_plan.cached_choice(self.cfg, self.state_dir)
         self.choice: budget_plan.Choice | None = planned or None
         if planned:
@@ -244,7 +250,8 @@ class Learner:
     def logits(self, images: np.ndarray) -> tuple[torch.Tensor, int, int]:
         """Logits over the trained classes of (B, S, S, 3) uint8 images, the model version
         and the number of classes they cover."""
-        with self.gate.predicting(), self.predict_lock:
+        # the thread count goes back before the gate opens: training resumes with its own
+        with self.gate.predicting(), self.predict_lock, torch_threads(self.predict_threads):
             engine, version = self._predictor()
             logits = engine.method.predict(engine.inputs(images))
             n = engine.method.seen_classes
@@ -303,6 +310,19 @@ class Learner:
         return {"samples": [{"time": t, "samples": n, "classes": c}
                             for t, n, c in self.store.history()],
                 "accuracy": self.trainer.progress.accuracy}
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op thread count (process-wide) set to ``n`` for the block."""
+    before = torch.get_num_threads()
+    if n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n != before:
+            torch.set_num_threads(before)
 
 
 def discard_torn_writes(state_dir: Path) -> None:
