@@ -119,11 +119,7 @@ class CpsPrompt(CodaPrompt):
         return out.cls, out.significance
 
     def sparse_logits(self, x: Tensor, query: Tensor, significance: Tensor | None):
-        prompted = self.prompt_batch(query, training=True)
-        prompts = prompted.prompts
-        if prompts is not None and self.params.prompt_pos_embed == "cls":
-            prompts = prompts + self.vit.pos_embed[:, :1]
-        hooks = self.vit_hooks(prompts, prompted.prefix, training=True)
+        hooks, prompted = self.prompted_hooks(query, training=True)
         with torch.set_grad_enabled(torch.is_grad_enabled() and hooks.frozen_until <= 0):
             tokens = self.vit.embed(x)
         if self.params.critical_patches:
@@ -140,12 +136,8 @@ class CpsPrompt(CodaPrompt):
         keys = batch.index.tolist() if cache is not None and batch.index is not None else None
         if keys is not None and all(k in cache for k in keys):
             return torch.stack([cache[k] for k in keys]).to(self.device)
-        prompted = self.prompt_batch(self.query(batch.x), training=False)
-        prompts = prompted.prompts
-        if prompts is not None and self.params.prompt_pos_embed == "cls":
-            prompts = prompts + self.vit.pos_embed[:, :1]
-        out = self.vit.forward_features(batch.x, self.vit_hooks(prompts, prompted.prefix,
-                                                                training=False))
+        hooks, _ = self.prompted_hooks(self.query(batch.x), training=False)
+        out = self.vit.forward_features(batch.x, hooks)
         features = self.head_features(out)
         if keys is not None:
             for k, f in zip(keys, features, strict=True):

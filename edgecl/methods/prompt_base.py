@@ -142,14 +142,19 @@ class PromptMethod(Method):
             return out.prompt_tokens.mean(dim=1)
         return out.tokens[:, : 1 + out.n_prompts].mean(dim=1)
 
-    def forward_logits(
-        self, x: Tensor, query: Tensor, training: bool
-    ) -> tuple[Tensor, PromptBatch]:
+    def prompted_hooks(self, query: Tensor, training: bool) -> tuple[ViTHooks, PromptBatch]:
+        """The prompts ``query`` selects, as the hooks of the prompted ViT pass."""
         batch = self.prompt_batch(query, training)
         prompts = batch.prompts
         if prompts is not None and self.params.prompt_pos_embed == "cls":
             prompts = prompts + self.vit.pos_embed[:, :1]
-        out = self.vit.forward_features(x, self.vit_hooks(prompts, batch.prefix, training))
+        return self.vit_hooks(prompts, batch.prefix, training), batch
+
+    def forward_logits(
+        self, x: Tensor, query: Tensor, training: bool
+    ) -> tuple[Tensor, PromptBatch]:
+        hooks, batch = self.prompted_hooks(query, training)
+        out = self.vit.forward_features(x, hooks)
         return self.head(self.head_features(out)), batch
 
     def count_flops(self, n: int, training: bool) -> None:
