@@ -315,7 +315,7 @@ def test_the_training_thread_waits_before_each_layer_while_a_prediction_runs():
     gate = PredictionGate(max_wait_s=5.0)
     model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
     handles = yield_to_predictions(model, gate)
-    assert len(handles) == 3  # the leaves, not the container
+    assert len(handles) == 6  # forward and backward hooks of the leaves, not the container
     model(torch.zeros(1, 2))  # no prediction in flight: no wait
     assert gate.waits == 0
     finished = threading.Event()
@@ -328,3 +328,24 @@ def test_the_training_thread_waits_before_each_layer_while_a_prediction_runs():
     assert finished.is_set()
     for h in handles:
         h.remove()
+
+
+def test_the_training_thread_waits_before_each_layers_backward_while_a_prediction_runs():
+    from torch import nn
+
+    from edgecl.learner.yielding import PredictionGate, yield_to_predictions
+
+    gate = PredictionGate(max_wait_s=5.0)
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+    yield_to_predictions(model, gate)
+    loss = model(torch.ones(1, 2)).sum()  # forward before the prediction: no wait
+    finished = threading.Event()
+    with gate.predicting():
+        worker = threading.Thread(target=lambda: (loss.backward(), finished.set()))
+        worker.start()
+        time.sleep(0.3)
+        assert not finished.is_set() and gate.waits == 1  # held before the last layer's backward
+        assert model[2].weight.grad is None
+    worker.join(timeout=5)
+    assert finished.is_set() and gate.waits == 1
+    assert model[0].weight.grad is not None

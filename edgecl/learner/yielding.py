@@ -5,8 +5,10 @@ for the cores, the caches and the memory bus, and the prediction's latency doubl
 :class:`PredictionGate` counts the predictions in flight; :func:`yield_to_predictions` hooks
 every leaf module of the training engine, so before each layer it runs the training thread
 waits while any prediction is in flight (at most ``max_wait_s`` per layer, so training is
-never starved). A prediction therefore waits at most for the layer in progress. Autograd's
-backward runs in C++ without module hooks and does not yield.
+never starved). The backward pass yields too: each leaf's output gets a gradient hook, which
+autograd calls (on the CPU, in the thread that called ``backward()``) just before that
+layer's backward runs. A prediction therefore waits at most for the one layer, forward or
+backward, in progress.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 
-from torch import nn
+from torch import Tensor, nn
 
 
 class PredictionGate:
@@ -51,5 +53,14 @@ def yield_to_predictions(module: nn.Module, gate: PredictionGate) -> list:
     def before(_module: nn.Module, _args: tuple) -> None:
         gate.wait_idle()
 
-    leaves = {id(m): m for m in module.modules() if not any(True for _ in m.children())}
-    return [m.register_forward_pre_hook(before) for m in leaves.values()]
+    def before_backward(grad: Tensor) -> None:
+        gate.wait_idle()
+
+    def after(_module: nn.Module, _args: tuple, output: object) -> None:
+        if isinstance(output, Tensor) and output.requires_grad:
+            output.register_hook(before_backward)
+
+    leaves = [m for m in {id(m): m for m in module.modules()}.values()
+              if not any(True for _ in m.children())]
+    return ([m.register_forward_pre_hook(before) for m in leaves]
+            + [m.register_forward_hook(after) for m in leaves])
