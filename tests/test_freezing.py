@@ -151,7 +151,7 @@ def test_int8_quantization_is_per_slice_and_bounded() -> None:
 
 
 @pytest.mark.parametrize(("storage", "row_bytes"), [
-    ("fp32", 6 * 4), ("fp16", 6 * 2), ("int8", 6 * 1 + 2 * 4)])
+    ("fp32", 6 * 4), ("fp16", 6 * 2), ("bf16", 6 * 2), ("int8", 6 * 1 + 2 * 4)])
 def test_tensor_store_bytes(storage: str, row_bytes: int) -> None:
     store = TensorStore(5, storage)
     store.write(torch.tensor([0, 3]), torch.randn(2, 2, 3))

@@ -99,7 +99,8 @@ def test_cwr_star_consolidation_formula() -> None:
 
 
 @pytest.mark.parametrize(("storage", "per_latent"), [
-    ("fp32", 17 * 32 * 4), ("fp16", 17 * 32 * 2), ("int8", 17 * 32 + 17 * 4)])
+    ("fp32", 17 * 32 * 4), ("fp16", 17 * 32 * 2), ("bf16", 17 * 32 * 2),
+    ("int8", 17 * 32 + 17 * 4)])
 def test_latent_buffer_bytes(storage: str, per_latent: int) -> None:
     buf = LatentBuffer(10, storage)
     buf.update(torch.randn(3, 17, 32), torch.tensor([0, 1, 2]), torch.Generator(), grow=False)

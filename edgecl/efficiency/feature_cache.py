@@ -1,4 +1,4 @@
-"""Frozen-prefix outputs cached per dataset index, with fp32/fp16/int8 storage.
+"""Frozen-prefix outputs cached per dataset index, with fp32/fp16/bf16/int8 storage.
 
 When the inputs are not augmented, a frozen prefix is a fixed function of each training
 sample: computing it once per sample and reading it back in later epochs skips the prefix
@@ -11,7 +11,8 @@ clear config error.
 uses it for its latent buffer too. Storage kinds:
 
 - ``fp32``: exact;
-- ``fp16``: half precision (2 bytes/value);
+- ``fp16``: half precision (2 bytes/value; 10 mantissa bits, overflows above 65504);
+- ``bf16``: bfloat16 (2 bytes/value; fp32's range, 7 mantissa bits);
 - ``int8``: symmetric per-slice quantisation, one fp32 scale per slice along the first axis
   of each sample (a ViT token, a CNN channel): ``q = round(x / s)``, ``s = max|x| / 127``.
 
@@ -29,9 +30,9 @@ from torch import Tensor
 from edgecl.data.transforms import BatchTransform
 from edgecl.errors import ConfigError
 
-Storage = Literal["fp32", "fp16", "int8"]
+Storage = Literal["fp32", "fp16", "bf16", "int8"]
 STORAGE_DTYPES: dict[str, torch.dtype] = {
-    "fp32": torch.float32, "fp16": torch.float16, "int8": torch.int8,
+    "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.int8,
 }
 
 
@@ -73,7 +74,7 @@ def dequantize_int8(q: Tensor, scale: Tensor) -> Tensor:
 
 
 class TensorStore:
-    """``capacity`` rows of one sample shape, stored as fp32, fp16 or int8 (+ scales).
+    """``capacity`` rows of one sample shape, stored as fp32, fp16, bf16 or int8 (+ scales).
 
     Rows are allocated on the first write (the sample shape is known then).
     """

@@ -9,7 +9,7 @@ Knobs, where the method has them (values never above the config's, precision nev
   half and a quarter;
 - frozen depth (``freeze_until`` of LightCL, ``split_layer`` of latent replay): the configured
   depth and up to three deeper ones, to the last layer;
-- latent precision (``storage`` of latent replay): the configured one, then fp16, int8.
+- latent precision (``storage`` of latent replay): the configured one, then fp16 (from fp32), int8.
 
 Order, best first: the largest batch, then the largest buffer, then the least freezing, then
 the highest precision (lexicographic: a smaller batch is only proposed when no variant fits
@@ -29,7 +29,10 @@ from typing import Any
 from edgecl.planner.model import MIB, HostModel, Prediction, StepModel, predict
 from edgecl.planner.profile import BUFFER_KNOBS, DEPTH_KNOBS, PRECISION_KNOBS
 
-PRECISIONS = ("fp32", "fp16", "int8")
+# Storage precisions the search may step down to, best first; bf16 and fp16 take the same
+# bytes, so a configured bf16 steps straight to int8.
+LOWER_PRECISIONS = {"fp32": ["fp32", "fp16", "int8"], "fp16": ["fp16", "int8"],
+                    "bf16": ["bf16", "int8"], "int8": ["int8"]}
 MAX_DEEPER = 3
 
 
@@ -63,7 +66,7 @@ class KnobSpace:
                 dims.append((name, list(range(k, min(n, k + MAX_DEEPER) + 1))))
         for name in PRECISION_KNOBS:
             if name in knobs:
-                dims.append((name, list(PRECISIONS[PRECISIONS.index(knobs[name]):])))
+                dims.append((name, list(LOWER_PRECISIONS[knobs[name]])))
         configured = {name: values[0] for name, values in dims}
         return cls(halvings(int(knobs["batch_size"])), dims, configured)
 
