@@ -72,4 +72,5 @@ def table_lines(headers: list[str]) -> list[str]:
 
 
 def table_row(cells: list[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
+    """A markdown table row; a ``|`` inside a cell (``|x| <= 2``) is escaped."""
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"

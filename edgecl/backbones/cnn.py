@@ -132,19 +132,25 @@ def _resnet_stage(in_channels: int, out_channels: int, stride: int, n_blocks: in
 
 
 class CifarResNet18(StagedBackbone):
-    """ResNet-18 for 32×32 inputs: 3×3 stride-1 stem, no max-pool, 512-d pooled features."""
+    """ResNet-18 for 32×32 inputs: 3×3 stride-1 stem, no max-pool, ``8 * width``-d pooled
+    features. ``width`` is the stem's channel count (stages: width, 2, 4, 8 times it); 64 is the
+    standard network, smaller values are mammoth's ``--num_filters``."""
 
     feature_dim = 512
     stage_names = ("stem", "layer1", "layer2", "layer3", "layer4")
     native_resolution = 32
 
-    def __init__(self) -> None:
+    def __init__(self, width: int = 64) -> None:
         super().__init__()
-        self.stem = nn.Sequential(_conv3x3(3, 64), nn.BatchNorm2d(64), nn.ReLU(inplace=True))
-        self.layer1 = _resnet_stage(64, 64, stride=1, n_blocks=2)
-        self.layer2 = _resnet_stage(64, 128, stride=2, n_blocks=2)
-        self.layer3 = _resnet_stage(128, 256, stride=2, n_blocks=2)
-        self.layer4 = _resnet_stage(256, 512, stride=2, n_blocks=2)
+        if width < 1:
+            raise ValueError(f"width must be a positive channel count, got {width}")
+        w = width
+        self.feature_dim = 8 * w
+        self.stem = nn.Sequential(_conv3x3(3, w), nn.BatchNorm2d(w), nn.ReLU(inplace=True))
+        self.layer1 = _resnet_stage(w, w, stride=1, n_blocks=2)
+        self.layer2 = _resnet_stage(w, 2 * w, stride=2, n_blocks=2)
+        self.layer3 = _resnet_stage(2 * w, 4 * w, stride=2, n_blocks=2)
+        self.layer4 = _resnet_stage(4 * w, 8 * w, stride=2, n_blocks=2)
         self._init_weights()
 
     def _init_weights(self) -> None:

@@ -52,6 +52,7 @@ class BackboneEntry:
     interpolation: Interpolation = "bilinear"
     weights: tuple[WeightsFile, ...] = ()
     pretrained: bool = True
+    accepts_width: bool = False  # the builder takes ``width`` (backbone.width)
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,16 +110,25 @@ def create_backbone(
     weights: str | None = None,
     img_size: int | None = None,
     data_root: str | Path | None = None,
+    width: int | None = None,
 ) -> Backbone:
     """Build ``name`` with its weights (see :func:`resolve_weights`) and preprocessing.
 
     ``data_root``: where local weights copies are looked for (None: ``$EDGECL_DATA``, then the
-    default data folder). Random inits draw from torch's global generator: seed it around the
-    call for a reproducible backbone.
+    default data folder). ``width``: the base channel count of a backbone that takes one
+    (``resnet18_cifar``; None: its standard width). Random inits draw from torch's global
+    generator: seed it around the call for a reproducible backbone.
     """
     entry = backbone_entry(name)
+    builder = entry.builder
+    if width is not None:
+        if not entry.accepts_width:
+            takes = ", ".join(n for n, e in BACKBONES.items() if e.accepts_width)
+            raise ConfigError(f"backbone {name!r} has a fixed width; backbone.width applies to "
+                              f"{takes}")
+        builder = partial(entry.builder, width=width)
     root = Path(data_root) if data_root is not None else resolve_data_root(None)
-    module = entry.builder(resolve_weights(entry, weights, root), img_size)
+    module = builder(resolve_weights(entry, weights, root), img_size)
     size = img_size or _native_size(module, entry)
     return Backbone(module, size, entry.mean, entry.std, entry.interpolation, entry)
 
@@ -150,9 +160,9 @@ def _native_size(module: nn.Module, entry: BackboneEntry) -> int:
 
 
 # ---- built-in backbones ----------------------------------------------------------------------
-def _resnet18_cifar(weights: Path | None, img_size: int | None) -> nn.Module:
+def _resnet18_cifar(weights: Path | None, img_size: int | None, width: int = 64) -> nn.Module:
     del img_size  # fully convolutional
-    net = CifarResNet18()
+    net = CifarResNet18(width)
     if weights is not None:
         load_strict(net, read_state_dict(weights), "resnet18_cifar")
     return net
@@ -211,6 +221,7 @@ register_backbone(BackboneEntry(
     mean=CIFAR100_INFO["mean"],  # trained from scratch: the data set's statistics
     std=CIFAR100_INFO["std"],
     pretrained=False,
+    accepts_width=True,
 ))
 
 register_backbone(BackboneEntry(

@@ -134,12 +134,22 @@ class BackboneConfig(Strict):
     name: str = "vit_tiny_patch16_224"  # a name of the backbone registry
     weights: str | None = None  # path, "random", or None (local data root, then download)
     img_size: int | None = Field(None, ge=1)  # default: the backbone's native resolution
+    # base channel count of a backbone that takes one (resnet18_cifar: stages of 1, 2, 4, 8
+    # times it, mammoth's --num_filters); None: the standard width (64)
+    width: int | None = Field(None, ge=1)
 
     @field_validator("name")
     @classmethod
     def registered_backbone(cls, v: str) -> str:
         backbone_entry(v)  # a ConfigError naming the known backbones
         return v
+
+    @model_validator(mode="after")
+    def width_supported(self) -> BackboneConfig:
+        if self.width is not None and not backbone_entry(self.name).accepts_width:
+            raise ValueError(f"backbone.width does not apply to {self.name} (fixed width); "
+                             "remove it or use resnet18_cifar")
+        return self
 
 
 class TrainConfig(Strict):

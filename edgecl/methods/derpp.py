@@ -14,17 +14,21 @@ Choices (reference: mammoth ``models/derpp.py``):
 
 - the MSE is over all ``num_classes`` logits, as stored (mammoth);
 - both cross-entropies are over the classes seen so far (edgecl's class-IL convention: future
-  classes are masked); mammoth uses every output. ``current_task_logit_mask=True`` restricts
-  the current batch's CE to the current task's classes (SparCL's ``--use_cl_mask``);
+  classes are masked); mammoth uses every output, which ``ce_classes="all"`` selects.
+  ``current_task_logit_mask=True`` restricts the current batch's CE to the current task's
+  classes (SparCL's ``--use_cl_mask``);
 - replay starts as soon as the buffer is non-empty, i.e. in the first task (mammoth);
   ``replay_in_first_task=False`` waits for task 1 (the SparCL reference, ``t > 0``);
-- the three terms are back-propagated together (one backward); mammoth calls backward per
-  term, which frees each graph earlier (same gradient, lower peak activation memory);
+- the three terms are back-propagated together (one backward), as mammoth's current
+  ``models/derpp.py``; older mammoth versions called backward per term, which frees each
+  graph earlier (same gradient, lower peak activation memory);
 - ``alpha = 0`` skips the MSE forward and stores no logits (ER with a separate replay
   forward, as in the SparCL reference's ER).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch.nn.functional as F
 from pydantic import Field
@@ -40,6 +44,8 @@ class DERppParams(RehearsalParams):
     replay_batch_size: int = Field(32, ge=1)  # size of each of the two buffer draws
     replay_in_first_task: bool = True
     current_task_logit_mask: bool = False
+    # classes the two cross-entropies run over: those seen so far, or every output (mammoth)
+    ce_classes: Literal["seen", "all"] = "seen"
 
 
 class DERpp(RehearsalMethod):
@@ -52,6 +58,12 @@ class DERpp(RehearsalMethod):
         return self.params.alpha > 0
 
     # ---- losses --------------------------------------------------------------------------
+    def classification_loss(self, logits: Tensor, y: Tensor) -> Tensor:
+        """CE over the seen classes, or over every output with ``ce_classes="all"``."""
+        if self.params.ce_classes == "all":
+            return F.cross_entropy(logits, y)
+        return super().classification_loss(logits, y)
+
     def forward_loss(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """The current batch's CE (over the current task's classes with the task mask)."""
         if not self.params.current_task_logit_mask:

@@ -65,7 +65,7 @@ def build_backbone(cfg: RunConfig) -> Backbone:
         torch.manual_seed(cfg.seed)
         return create_backbone(
             cfg.backbone.name, weights=cfg.backbone.weights, img_size=cfg.backbone.img_size,
-            data_root=resolve_data_root(cfg.data.root))
+            data_root=resolve_data_root(cfg.data.root), width=cfg.backbone.width)
 
 
 def normalization(cfg: RunConfig, bundle: Backbone) -> tuple[tuple[float, ...], ...]:
