@@ -9,16 +9,22 @@ order (the reference's ``token_shuffling=False``):
   where a patch's significance is the CLS attention to it (summed over heads) times its value
   norm, from the last block of the prompt-free query pass (``ViTHooks.significance_layer``);
 - ``uniform``: a uniformly random subset.
+
+:func:`resize_significance` maps a significance map from a coarser patch grid (REP's swift
+selector at 112 px: 7x7) to the update model's (224 px: 14x14); see its docstring.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 Sampling = Literal["critical_score", "uniform"]
+SignificanceResize = Literal["nearest", "bilinear"]
 
 
 def kept_patches(n_patches: int, reduction_ratio: float) -> int:
@@ -48,3 +54,26 @@ def keep_tokens(tokens: Tensor, patch_idx: Tensor) -> Tensor:
     cls = torch.zeros(b, 1, dtype=torch.long)
     index = torch.cat([cls, patch_idx.cpu() + 1], dim=1).to(tokens.device)
     return torch.gather(tokens, 1, index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+
+
+def resize_significance(significance: Tensor, n_patches: int,
+                        mode: SignificanceResize = "nearest") -> Tensor:
+    """(B, g²) significance on a g x g patch grid → (B, n_patches) on the G x G grid.
+
+    ``nearest``: each fine patch takes the value of the coarse patch that contains it (with a
+    16-px selector patch at 112 px covering 2 x 2 patches of 16 px at 224 px, exactly its
+    area); ``bilinear``: interpolated between coarse patch centres. Either way the map is then
+    scaled by g²/G², so that the significance mass is preserved: the CLS attention of one
+    coarse token is shared by the fine tokens it covers, which keeps the sampling softmax's
+    temperature on the scale a full-resolution pass would give.
+    """
+    b, n_coarse = significance.shape
+    g, big = math.isqrt(n_coarse), math.isqrt(n_patches)
+    if g * g != n_coarse or big * big != n_patches:
+        raise ValueError(f"significance of {n_coarse} patches -> {n_patches}: not square grids")
+    if g == big:
+        return significance
+    grid = significance.float().view(b, 1, g, g)
+    kwargs = {"align_corners": False} if mode == "bilinear" else {}
+    fine = F.interpolate(grid, size=(big, big), mode=mode, **kwargs).view(b, n_patches)
+    return (fine * (n_coarse / n_patches)).to(significance.dtype)

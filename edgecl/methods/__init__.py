@@ -16,6 +16,7 @@ REGISTRY: dict[str, str] = {
     "dualprompt": "edgecl.methods.dualprompt:DualPrompt",
     "coda_prompt": "edgecl.methods.coda_prompt:CodaPrompt",
     "cps_prompt": "edgecl.methods.cps_prompt:CpsPrompt",
+    "cps_prompt_rep": "edgecl.methods.cps_prompt_rep:CpsPromptREP",
     "l2p_rep": "edgecl.methods.rep:L2PREP",
     "dualprompt_rep": "edgecl.methods.rep:DualPromptREP",
     "coda_prompt_rep": "edgecl.methods.rep:CodaPromptREP",

@@ -67,12 +67,14 @@ class CpsPrompt(CodaPrompt):
         super().setup(backbone, info)
         self.n_patches = self.vit.cfg.num_patches
         self.keep = kept_patches(self.n_patches, self.params.reduction_ratio)
-        self.task_step = 0
+        # steps done in the current task; not ``task_step``, which REP's mixin keeps for its
+        # own clock (cps_prompt_rep composes both)
+        self.phase_step = 0
         self.head_features_cache: dict[int, Tensor] = {}
 
     def begin_task(self, task: TaskInfo) -> None:
         super().begin_task(task)
-        self.task_step = 0
+        self.phase_step = 0
         self.head_features_cache.clear()
 
     # ---- the two phases ------------------------------------------------------------------
@@ -83,18 +85,18 @@ class CpsPrompt(CodaPrompt):
         if p.phase_split == "epochs":
             return batch.epoch < int(self.info.epochs * p.phase_ratio)
         n_steps = self.info.steps_per_task[self.task_index]
-        return self.task_step < int(n_steps * p.phase_ratio)
+        return self.phase_step < int(n_steps * p.phase_ratio)
 
     def observe(self, batch: Batch) -> StepStats:
         prompt_phase = self.prompt_phase(batch)
-        self.task_step += 1
+        self.phase_step += 1
         if prompt_phase:
             return self.observe_prompts(batch)
         return self.observe_head(batch)
 
     def observe_prompts(self, batch: Batch) -> StepStats:
         with self.meter.phase("selection"):
-            query, significance = self.query_with_significance(batch.x)
+            query, significance = self.query_with_significance(batch)
         with self.meter.phase("forward"):
             logits, prompted = self.sparse_logits(batch.x, query, significance)
             loss = F.cross_entropy(self.train_logits(logits), batch.y) + prompted.aux_loss
@@ -111,11 +113,16 @@ class CpsPrompt(CodaPrompt):
         return StepStats(float(loss.detach()), len(batch.y), {"prompt_phase": 0.0})
 
     # ---- forwards ------------------------------------------------------------------------
+    def needs_significance(self) -> bool:
+        return self.params.critical_patches and self.params.sampling == "critical_score"
+
     @torch.no_grad()
-    def query_with_significance(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        if not (self.params.critical_patches and self.params.sampling == "critical_score"):
-            return self.query(x), None
-        out = self.vit.forward_features(x, ViTHooks(significance_layer=self.vit.depth - 1))
+    def query_with_significance(self, batch: Batch) -> tuple[Tensor, Tensor | None]:
+        """The query and (for critical-score sampling) the (B, n_patches) significance."""
+        if not self.needs_significance():
+            return self.training_query(batch), None
+        out = self.vit.forward_features(batch.x,
+                                        ViTHooks(significance_layer=self.vit.depth - 1))
         return out.cls, out.significance
 
     def sparse_logits(self, x: Tensor, query: Tensor, significance: Tensor | None):
@@ -136,7 +143,7 @@ class CpsPrompt(CodaPrompt):
         keys = batch.index.tolist() if cache is not None and batch.index is not None else None
         if keys is not None and all(k in cache for k in keys):
             return torch.stack([cache[k] for k in keys]).to(self.device)
-        hooks, _ = self.prompted_hooks(self.query(batch.x), training=False)
+        hooks, _ = self.prompted_hooks(self.training_query(batch), training=False)
         out = self.vit.forward_features(batch.x, hooks)
         features = self.head_features(out)
         if keys is not None:
@@ -144,9 +151,13 @@ class CpsPrompt(CodaPrompt):
                 cache[k] = f.detach().clone()
         return features
 
-    # ---- state ---------------------------------------------------------------------------
+    # ---- memory and state ----------------------------------------------------------------
+    def buffer_bytes(self) -> int:
+        cached = sum(f.numel() * f.element_size() for f in self.head_features_cache.values())
+        return super().buffer_bytes() + cached
+
     def extra_state(self) -> dict[str, Any]:
-        state = {**super().extra_state(), "task_step": self.task_step}
+        state = {**super().extra_state(), "task_step": self.phase_step}
         if self.head_features_cache:
             keys = sorted(self.head_features_cache)
             state["head_cache_keys"] = torch.tensor(keys, dtype=torch.long)
@@ -155,7 +166,7 @@ class CpsPrompt(CodaPrompt):
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         super().load_extra_state(state)
-        self.task_step = state.get("task_step", 0)
+        self.phase_step = state.get("task_step", 0)
         self.head_features_cache = {}
         if "head_cache" in state:
             self.head_features_cache = dict(zip(state["head_cache_keys"].tolist(),

@@ -108,16 +108,20 @@ class CodaPromptREPParams(REPParams, CodaPromptParams):
 
 
 # ---- the selection model ---------------------------------------------------------------------
+def resize_input(x: Tensor, size: int) -> Tensor:
+    """Images (B, C, H, W) resized to ``size`` px (bilinear, antialiased when shrinking)."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    with torch.no_grad():
+        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                             antialias=size < x.shape[-1])
+
+
 class SwiftQueryModel(QueryModel):
     """A frozen selector that resizes its input to its own resolution first."""
 
     def forward(self, x: Tensor) -> Tensor:
-        size = self.vit.cfg.img_size
-        if x.shape[-1] != size or x.shape[-2] != size:
-            with torch.no_grad():
-                x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
-                                  antialias=size < x.shape[-1])
-        return super().forward(x)
+        return super().forward(resize_input(x, self.vit.cfg.img_size))
 
 
 def shared_selector(vit: VisionTransformer, resolution: int, depth: int) -> VisionTransformer:
@@ -244,6 +248,8 @@ class REPMixin(PromptMethod):
 
     def observe(self, batch: Batch) -> StepStats:
         self.last_skip = []
+        if self.merger is not None:  # a step without a training forward merges nothing
+            self.merger.reset()
         stats = super().observe(batch)
         self.rep_step += 1
         self.task_step += 1
