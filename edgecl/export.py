@@ -43,7 +43,7 @@ FORMAT_VERSION = "1"
 SUPPORTED_METHODS = (
     "finetune", "joint", "er", "derpp", "ewc", "lwf", "sparcl", "lightcl", "latent_replay",
     "ncm", "l2p", "dualprompt", "coda_prompt", "cps_prompt", "l2p_rep", "dualprompt_rep",
-    "coda_prompt_rep", "csko",
+    "coda_prompt_rep", "cps_prompt_rep", "csko",
 )
 # REP's selector shrinks its input with an antialiased bilinear resize inside the model;
 # ONNX Resize has the antialias attribute from opset 18 on.

@@ -60,10 +60,13 @@ PARAMS: dict[str, dict] = {
     "dualprompt_rep": {"prompt_layers": [1], "g_layers": [0], "selector": {"resolution": 16}},
     "coda_prompt_rep": {"pool_size": 4, "prompt_layers": [0, 1],
                         "selector": {"resolution": 16}},
+    "cps_prompt_rep": {"pool_size": 4, "prompt_layers": [0, 1], "phase_split": "steps",
+                       "selector": {"resolution": 16}},
 }
 CNN_METHODS = ("sparcl", "csko")  # SparCL prunes residual 3x3 convs, CsKO splits them: a ResNet
 ADAM_METHODS = ("csko",)  # CsKO's projected update is an Adam
-OPSET = {"l2p_rep": 18, "dualprompt_rep": 18, "coda_prompt_rep": 18}  # antialiased resize
+# antialiased resize
+OPSET = {"l2p_rep": 18, "dualprompt_rep": 18, "coda_prompt_rep": 18, "cps_prompt_rep": 18}
 
 
 @pytest.fixture(scope="module")

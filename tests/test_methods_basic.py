@@ -185,6 +185,8 @@ EVERY_OPTION = {  # small sizes, and every piece of state switched on
     "l2p_rep": {"pool_size": 4, "top_k": 2, "prompt_length": 2, **REP_FAST},
     "dualprompt_rep": {"prompt_layers": [1], "g_layers": [0], "pool_size": 2, **REP_FAST},
     "coda_prompt_rep": {"pool_size": 4, "prompt_layers": [1], **REP_FAST},
+    "cps_prompt_rep": {"pool_size": 4, "prompt_layers": [1], "phase_split": "steps",
+                       **REP_FAST},
     "lightcl": {"cache_features": True, "freeze_until": 2},
     "latent_replay": {"rm_sz": 4, "mb_size": 8, "cache_features": True, "split_layer": 2},
     "csko": {"selection_batches": 1, "stats_batches": 1},
