@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.common import RESULTS, table_lines, table_row, write_result
+from benchmarks.common import RESULTS, table_lines, table_row, targets_section, write_result
 from edgecl.backbones.registry import create_backbone
 from edgecl.data import load_dataset
 from edgecl.data.base import ArrayDataset
@@ -111,9 +111,7 @@ def markdown(res: dict[str, Any]) -> str:
             f"{m['compiled_ratio']:.2f}", f"{m['compile_seconds']:.0f}",
             f"{res['data_batch_seconds'] * 1e3:.1f}",
             f"{res['data_batch_seconds'] / s['eager']:.2f}"]))
-    lines += ["", "## Targets", "", *table_lines(["target", "measured", "goal", "met"])]
-    lines += [table_row([t["name"], f"{t['measured']:.2f}", t["goal"],
-                         "yes" if t["met"] else "**no**"]) for t in res["targets"]]
+    lines += targets_section(res["targets"])
     lines += ["", *res["notes"]]
     return "\n".join(lines) + "\n"
 

@@ -74,3 +74,11 @@ def table_lines(headers: list[str]) -> list[str]:
 def table_row(cells: list[str]) -> str:
     """A markdown table row; a ``|`` inside a cell (``|x| <= 2``) is escaped."""
     return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+
+def targets_section(targets: list[dict[str, Any]], spec: str = ".2f") -> list[str]:
+    """The markdown "## Targets" section of a benchmark's ``targets`` list (a measured value
+    of None prints as n/a)."""
+    rows = [table_row([t["name"], "n/a" if t["measured"] is None else format(t["measured"], spec),
+                       t["goal"], "yes" if t["met"] else "**no**"]) for t in targets]
+    return ["", "## Targets", "", *table_lines(["target", "measured", "goal", "met"]), *rows]

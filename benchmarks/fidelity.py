@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import official_side_by_side as sxs
-from benchmarks.common import RESULTS, table_lines, table_row, write_result
+from benchmarks.common import RESULTS, table_lines, table_row, targets_section, write_result
 from edgecl.io import atomic_write_text
 
 KEPT = ("final_average", "final_average_ci95", "forgetting", "forgetting_with_final",
@@ -87,9 +87,7 @@ def markdown(res: dict[str, Any]) -> str:
                 fmt(r["forgetting"]), fmt(r["forgetting_with_final"]),
                 f"{fmt(printed.get('final_average'))} / {fmt(printed.get('forgetting'))}"
                 if side == "official" else ""]))
-    lines += ["", "## Targets", "", *table_lines(["target", "measured", "goal", "met"])]
-    lines += [table_row([t["name"], f"{t['measured']:.2f}", t["goal"],
-                         "yes" if t["met"] else "**no**"]) for t in res["targets"]]
+    lines += targets_section(res["targets"])
     lines += ["", "## Notes", "", *[f"- {n}" for n in res["notes"]],
               "", "## What was changed to run the official code offline on CPU", "",
               *[f"- {p}" for p in sxs.PREPARATION], ""]

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import official_side_by_side as sxs
-from benchmarks.common import RESULTS, table_lines, table_row, write_result
+from benchmarks.common import RESULTS, table_lines, table_row, targets_section, write_result
 from edgecl.io import atomic_write_text
 
 MIB = 2**20
@@ -72,9 +72,7 @@ def markdown(res: dict[str, Any]) -> str:
              *table_lines(["side", "train s", "eval s", "train+eval s", "wall s",
                            "peak RSS MiB", "final avg acc (%) ± 95 %", "load 1-min before/after"])]
     lines += [side_row(name, r) for name, r in res["sides"].items()]
-    lines += ["", "## Targets", "", *table_lines(["target", "measured", "goal", "met"])]
-    lines += [table_row([t["name"], f"{t['measured']:.2f}", t["goal"],
-                         "yes" if t["met"] else "**no**"]) for t in res["targets"]]
+    lines += targets_section(res["targets"])
     lines += ["", "## Notes", "", *[f"- {n}" for n in res["notes"]],
               "", "## What was changed to run the official code offline on CPU", "",
               *[f"- {p}" for p in sxs.PREPARATION], ""]

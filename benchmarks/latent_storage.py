@@ -21,7 +21,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS, table_lines, table_row, timed_run, write_result
+from benchmarks.common import (
+    RESULTS,
+    table_lines,
+    table_row,
+    targets_section,
+    timed_run,
+    write_result,
+)
 from edgecl.config import RunConfig
 from edgecl.io import atomic_write_text
 from edgecl.metrics.intervals import mean_interval95
@@ -97,9 +104,7 @@ def markdown(res: dict[str, Any]) -> str:
             f"{r['class_il_final'] - base['class_il_final']:+.1f}", f"{r['forgetting']:.1f}",
             f"{r['buffer_bytes'] / MIB:.1f}", f"{base['buffer_bytes'] / r['buffer_bytes']:.2f}x",
             f"{r['accounting_peak_bytes'] / MIB:.0f}"]))
-    lines += ["", "## Targets", "", *table_lines(["target", "measured", "goal", "met"])]
-    lines += [table_row([t["name"], f"{t['measured']:.2f}", t["goal"],
-                         "yes" if t["met"] else "**no**"]) for t in res["targets"]]
+    lines += targets_section(res["targets"])
     lines += ["", *res["notes"]]
     return "\n".join(lines) + "\n"
 

@@ -37,7 +37,7 @@ import httpx
 import numpy as np
 import yaml
 
-from benchmarks.common import RESULTS, table_lines, table_row, write_result
+from benchmarks.common import RESULTS, table_lines, table_row, targets_section, write_result
 from edgecl.config import RunConfig
 from edgecl.data import load_dataset
 from edgecl.io import atomic_write_text
@@ -313,9 +313,7 @@ def markdown(res: dict[str, Any]) -> str:
               for k, v in res["under_load"].items()]
     lines += ["", "## kill -9 under load", "", *table_lines(["figure", "value"])]
     lines += [table_row([k, str(v)]) for k, v in res["kill_nine"].items()]
-    lines += ["", "## Targets", "", *table_lines(["target", "measured", "goal", "met"])]
-    lines += [table_row([t["name"], f"{t['measured']:.2f}", t["goal"], "yes" if t["met"] else
-                         "**no**"]) for t in res["targets"]]
+    lines += targets_section(res["targets"])
     return "\n".join(lines) + "\n"
 
 

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS, table_lines, table_row, write_result
+from benchmarks.common import RESULTS, table_lines, table_row, targets_section, write_result
 from edgecl.config import RunConfig
 from edgecl.efficiency.precision import cpu_has_native_bf16
 from edgecl.io import atomic_write_text
@@ -153,9 +153,7 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append(table_row([p["family"], f"{p['accuracy_delta']:+.1f}",
                                 fmt(p["train_time_ratio"]), fmt(p["eval_time_ratio"]),
                                 fmt(p["step_peak_ratio"]), fmt(p["accounting_ratio"])]))
-    lines += ["", "## Targets", "", *table_lines(["target", "measured", "goal", "met"])]
-    lines += [table_row([t["name"], fmt(t["measured"]), t["goal"],
-                         "yes" if t["met"] else "**no**"]) for t in res["targets"]]
+    lines += targets_section(res["targets"])
     lines += ["", *res["notes"]]
     return "\n".join(lines) + "\n"
 

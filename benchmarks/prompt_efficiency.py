@@ -33,7 +33,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS, table_lines, table_row, timed_run, write_result
+from benchmarks.common import (
+    RESULTS,
+    table_lines,
+    table_row,
+    targets_section,
+    timed_run,
+    write_result,
+)
 from benchmarks.rep_paper_scale import ratio_rows
 from edgecl.config import RunConfig
 from edgecl.io import atomic_write_text
@@ -138,9 +145,7 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append(table_row([name] + [f"{r[k]:.2f}" if k in r else "n/a" for k in (
             "train_seconds", "train_flops", "step_peak_bytes", "accounting_peak_bytes",
             "energy_joules")]))
-    lines += ["", "## Targets", "", *table_lines(["target", "measured", "goal", "met"])]
-    lines += [table_row([t["name"], f"{t['measured']:.2f}", t["goal"],
-                         "yes" if t["met"] else "**no**"]) for t in res["targets"]]
+    lines += targets_section(res["targets"])
     lines += ["", *res["notes"]]
     return "\n".join(lines) + "\n"
 
