@@ -89,7 +89,10 @@ class Protocol:
     def lr(self) -> float:
         return 0.03 * self.batch_size / 256  # both references: lr * batch / 256
 
-    def describe(self) -> str:
+    def describe(self, seeds: tuple[int, ...] | None = None) -> str:
+        """The protocol in a sentence; ``seeds``: one run per seed on both sides."""
+        seed = f"seed {self.seed}" if not seeds else (
+            "one run per seed on both sides, seeds " + ", ".join(map(str, seeds)))
         return (f"Split CIFAR-100, {self.n_tasks} tasks x 10 classes in the fixed order 0-99 "
                 f"(the references' order with shuffle off), the first {self.train_per_class} "
                 f"training and first {self.test_per_class} test images of every class in file "
@@ -97,7 +100,7 @@ class Protocol:
                 f"test, so batch-wise prompt selection at test time votes over the same "
                 f"batches), Adam(0.9, 0.999) at constant lr 0.03 x {self.batch_size} / 256 = "
                 f"{self.lr:.6f}, grad-norm clip 1.0, optimizer re-created each task, the "
-                f"shared ViT-Ti/16 at 224 px, seed {self.seed}, {self.threads} torch threads "
+                f"shared ViT-Ti/16 at 224 px, {seed}, {self.threads} torch threads "
                 "on both sides (OMP_NUM_THREADS and edgecl's `threads`). Reference "
                 "augmentation on both sides (RandomResizedCrop(224, scale 0.05-1) + flip; "
                 "its random draws differ between the codebases), test Resize(256, bicubic) + "

@@ -88,6 +88,11 @@ def test_samples_are_stored_then_trained_and_predicted(served: Served) -> None:
     for pred in body["predictions"]:
         assert pred["label"] in ("a", "b", "c") and 0 <= pred["score"] <= 1
         assert len(pred["top"]) == 2 and pred["top"][0] == [pred["label"], pred["score"]]
+    # the server's account of the request: every part, in order, each within the total
+    timing = dict(part.split(";dur=") for part in answer.headers["server-timing"].split(", "))
+    assert list(timing) == ["read", "decode", "wait", "load", "model", "total"]
+    ms = {name: float(dur) for name, dur in timing.items()}
+    assert ms["model"] > 0 and sum(v for k, v in ms.items() if k != "total") <= ms["total"] + 0.5
     history = httpx.get(url + "/v1/history").json()
     assert history["samples"][-1]["samples"] == 14 and "accuracy" in history
 

@@ -50,6 +50,19 @@ STEP_RESERVE_MIB = 256  # transient memory of a training step and of a request i
 FIXED = ("max_classes", "backbone", "method", "seed")
 
 
+class _Clock:
+    """Seconds between laps into a dict (no-op without one)."""
+
+    def __init__(self, into: dict[str, float] | None) -> None:
+        self.into, self.last = into, time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        if self.into is not None:
+            now = time.perf_counter()
+            self.into[name] = now - self.last
+            self.last = now
+
+
 def rss_mib() -> float:
     return rss_bytes() / 2**20
 
@@ -247,21 +260,33 @@ class Learner:
             self.loaded_version = snap.version
         return self.predictor, snap.version
 
-    def logits(self, images: np.ndarray) -> tuple[torch.Tensor, int, int]:
+    def logits(self, images: np.ndarray, timings: dict[str, float] | None = None
+               ) -> tuple[torch.Tensor, int, int]:
         """Logits over the trained classes of (B, S, S, 3) uint8 images, the model version
-        and the number of classes they cover."""
+        and the number of classes they cover. ``timings`` gets the seconds spent waiting for
+        the prediction engine (``wait``), loading a newer snapshot (``load``) and in the
+        model (``model``)."""
+        clock = _Clock(timings)
         # the thread count goes back before the gate opens: training resumes with its own
         with self.gate.predicting(), self.predict_lock, torch_threads(self.predict_threads):
+            clock.lap("wait")
             engine, version = self._predictor()
+            clock.lap("load")
             logits = engine.method.predict(engine.inputs(images))
             n = engine.method.seen_classes
+            clock.lap("model")
         return logits[:, :n], version, n
 
-    def predict(self, images: list[bytes], top: int | None = None) -> dict[str, Any]:
+    def predict(self, images: list[bytes], top: int | None = None,
+                timings: dict[str, float] | None = None) -> dict[str, Any]:
+        """Predictions for encoded images; ``timings`` (if given) gets the seconds of each
+        part: ``decode`` and those of :meth:`logits`."""
         if not images:
             raise InputError("no image: send one or more 'image' parts")
+        clock = _Clock(timings)
         arrays = np.stack([decode(data, self.img_size, i) for i, data in enumerate(images)])
-        logits, version, n = self.logits(arrays)
+        clock.lap("decode")
+        logits, version, n = self.logits(arrays, timings)
         names = self.store.classes()
         k = min(top or self.cfg.service.top_k, n)
         out = []

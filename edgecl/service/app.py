@@ -8,6 +8,7 @@ learner's calls block (SQLite commits, torch), so they run in the thread pool.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
@@ -77,13 +78,18 @@ def create_app(learner: Any, token: str | None = None, *,
         return {"accepted": len(ids), "ids": ids}
 
     @app.post("/v1/predict")
-    async def predict(request: Request,
+    async def predict(request: Request, response: Response,
                       top: int | None = Query(None, ge=1, le=1000)) -> dict[str, Any]:
+        began = time.perf_counter()
         try:
             images = await images_of(await read_form(request, ("image",)))
         finally:
             await request.close()
-        return await run_in_threadpool(learner.predict, images, top)
+        timings = {"read": time.perf_counter() - began}
+        answer = await run_in_threadpool(learner.predict, images, top, timings)
+        timings["total"] = time.perf_counter() - began
+        response.headers["Server-Timing"] = server_timing(timings)
+        return answer
 
     @app.post("/v1/checkpoint")
     async def checkpoint() -> dict[str, Any]:
@@ -95,6 +101,11 @@ def create_app(learner: Any, token: str | None = None, *,
         return await run_in_threadpool(export_snapshot, learner)
 
     return app
+
+
+def server_timing(seconds: dict[str, float]) -> str:
+    """A ``Server-Timing`` header (W3C) of a request's parts, in milliseconds."""
+    return ", ".join(f"{name};dur={1e3 * s:.1f}" for name, s in seconds.items())
 
 
 def add_error_handlers(app: FastAPI) -> None:

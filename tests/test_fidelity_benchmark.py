@@ -1,0 +1,31 @@
+"""The side-by-side fidelity benchmark's arithmetic (benchmarks/fidelity.py), on hand-made pairs:
+its goal is judged on the mean gap over seeds, with a t interval from their spread."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.fidelity import markdown, method_row, over_seeds
+
+
+def side(final: float) -> dict:
+    return {"final_average": final, "final_average_ci95": 3.0, "forgetting": 4.0,
+            "forgetting_with_final": 4.5, "matrix": [[final]], "wall_seconds": 1.0,
+            "load_average_before": [0, 0, 0], "load_average_after": [0, 0, 0], "log": "x"}
+
+
+def test_the_gap_is_the_mean_over_seeds_with_a_t_interval() -> None:
+    rows = {s: method_row({"official": side(o), "edgecl": side(e)})
+            for s, (o, e) in {42: (13.0, 15.4), 43: (14.0, 13.6), 44: (12.0, 12.8)}.items()}
+    res = over_seeds(rows, "p")
+    assert res["accuracy_gap_per_seed"] == pytest.approx([2.4, -0.4, 0.8])
+    assert res["accuracy_gap"] == pytest.approx(0.9333333)
+    # stdev of (2.4, -0.4, 0.8) is 1.40475; t(2 dof) = 4.303; / sqrt(3)
+    assert res["accuracy_gap_ci95"] == pytest.approx(4.303 * 1.404754 / 3 ** 0.5, rel=1e-4)
+    assert res["official_mean"] == pytest.approx(13.0) and res["edgecl_mean"] == pytest.approx(
+        13.9333333)
+    one = over_seeds({42: rows[42]}, "p")
+    assert one["accuracy_gap"] == pytest.approx(2.4) and "accuracy_gap_ci95" not in one
+    text = markdown({"command": "c", "methods": {"dualprompt": res}, "targets": [],
+                     "notes": []})
+    assert "| dualprompt | 3 | 13.0 | 13.9 | +2.4, -0.4, +0.8 | 0.9 ± 3.5 |" in text
