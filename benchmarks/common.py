@@ -13,6 +13,7 @@ import torch
 
 from edgecl.config import RunConfig
 from edgecl.io import atomic_write_text
+from edgecl.metrics.intervals import mean_interval95
 from edgecl.runner import run
 from edgecl.runner.build import environment as run_environment
 from edgecl.runner.comparison import CallbackFactory
@@ -82,3 +83,25 @@ def targets_section(targets: list[dict[str, Any]], spec: str = ".2f") -> list[st
     rows = [table_row([t["name"], "n/a" if t["measured"] is None else format(t["measured"], spec),
                        t["goal"], "yes" if t["met"] else "**no**"]) for t in targets]
     return ["", "## Targets", "", *table_lines(["target", "measured", "goal", "met"]), *rows]
+
+
+def split_cifar100(n_tasks: int, train_per_class: int, test_per_class: int,
+                   classes_per_task: int = 10) -> dict[str, Any]:
+    """The ``data`` block of the benchmarks' reduced Split CIFAR-100: the first
+    ``n_tasks x classes_per_task`` classes in order, the first N images of each in file order."""
+    return {"dataset": "cifar100", "n_tasks": n_tasks,
+            "class_order": list(range(n_tasks * classes_per_task)),
+            "train_per_class": train_per_class, "test_per_class": test_per_class,
+            "per_class_subset": "first"}
+
+
+def class_il_summary(res: RunResults) -> dict[str, Any]:
+    """Final class-IL accuracy with its 95 % interval (from the number of test images) and
+    forgetting."""
+    cil = res.accuracy.class_il
+    last = cil.matrix[-1] if cil.matrix else []
+    tests = res.scenario.test_samples_per_task
+    return {"class_il_final": cil.final_average,
+            "class_il_final_ci95": mean_interval95(last, tests[: len(last)]),
+            "forgetting": cil.forgetting}
+

@@ -120,9 +120,7 @@ def markdown(res: dict[str, Any]) -> str:
             ", ".join(f"{g:+.1f}" for g in row["accuracy_gap_per_seed"]),
             fmt(row["accuracy_gap"], row.get("accuracy_gap_ci95"))]))
     lines += targets_section(res["targets"])
-    lines += ["", "## Notes", "", *[f"- {n}" for n in res["notes"]],
-              "", "## What was changed to run the official code offline on CPU", "",
-              *[f"- {p}" for p in sxs.PREPARATION], ""]
+    lines += sxs.closing_sections(res["notes"])
     return "\n".join(lines)
 
 

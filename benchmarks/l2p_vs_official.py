@@ -73,9 +73,7 @@ def markdown(res: dict[str, Any]) -> str:
                            "peak RSS MiB", "final avg acc (%) ± 95 %", "load 1-min before/after"])]
     lines += [side_row(name, r) for name, r in res["sides"].items()]
     lines += targets_section(res["targets"])
-    lines += ["", "## Notes", "", *[f"- {n}" for n in res["notes"]],
-              "", "## What was changed to run the official code offline on CPU", "",
-              *[f"- {p}" for p in sxs.PREPARATION], ""]
+    lines += sxs.closing_sections(res["notes"])
     return "\n".join(lines)
 
 

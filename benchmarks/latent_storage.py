@@ -23,6 +23,8 @@ from typing import Any
 
 from benchmarks.common import (
     RESULTS,
+    class_il_summary,
+    split_cifar100,
     table_lines,
     table_row,
     targets_section,
@@ -31,7 +33,6 @@ from benchmarks.common import (
 )
 from edgecl.config import RunConfig
 from edgecl.io import atomic_write_text
-from edgecl.metrics.intervals import mean_interval95
 from edgecl.schema import RunResults
 
 MIB = 2**20
@@ -45,10 +46,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
               "cache_features": True}
     return RunConfig.model_validate({
         "name": "latent_storage", "seed": 42, "threads": args.threads,
-        "data": {"dataset": "cifar100", "n_tasks": args.tasks,
-                 "class_order": list(range(10 * args.tasks)),
-                 "train_per_class": args.train_per_class, "test_per_class": args.test_per_class,
-                 "per_class_subset": "first"},
+        "data": split_cifar100(args.tasks, args.train_per_class, args.test_per_class),
         "backbone": {"name": "vit_tiny_patch16_224"},
         "train": {"epochs": args.epochs, "batch_size": 16, "eval_batch_size": 50,
                   "augment": False},
@@ -59,14 +57,9 @@ def build_config(args: argparse.Namespace) -> RunConfig:
 
 
 def summary(res: RunResults) -> dict[str, Any]:
-    cil, mem = res.accuracy.class_il, res.cost.memory
-    last = cil.matrix[-1] if cil.matrix else []
-    tests = res.scenario.test_samples_per_task
+    mem = res.cost.memory
     return {
-        "method": res.run_name,
-        "class_il_final": cil.final_average,
-        "class_il_final_ci95": mean_interval95(last, tests[: len(last)]),
-        "forgetting": cil.forgetting,
+        "method": res.run_name, **class_il_summary(res),
         "buffer_bytes": mem.buffer_bytes,
         "accounting_peak_bytes": mem.training_footprint_bytes,
         "train_seconds": res.cost.time_s.train_total,

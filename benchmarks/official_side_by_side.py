@@ -280,6 +280,14 @@ def size_note(sides: dict[str, dict[str, Any]], method: str) -> str | None:
             "faster machine for an informative comparison.")
 
 
+def closing_sections(notes: list[str]) -> list[str]:
+    """The markdown tail of a side-by-side results file: its notes, then what was changed to
+    run the official code offline."""
+    return ["", "## Notes", "", *[f"- {n}" for n in notes],
+            "", "## What was changed to run the official code offline on CPU", "",
+            *[f"- {p}" for p in PREPARATION], ""]
+
+
 def add_setup_arguments(parser: Any) -> None:
     scratch = Path("/work/scratch/l2p_sxs")
     parser.add_argument("--official-python", type=Path,

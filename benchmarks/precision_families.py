@@ -32,11 +32,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS, table_lines, table_row, targets_section, write_result
+from benchmarks.common import (
+    RESULTS,
+    class_il_summary,
+    split_cifar100,
+    table_lines,
+    table_row,
+    targets_section,
+    write_result,
+)
 from edgecl.config import RunConfig
 from edgecl.efficiency.precision import cpu_has_native_bf16
 from edgecl.io import atomic_write_text
-from edgecl.metrics.intervals import mean_interval95
 from edgecl.runner import run
 from edgecl.schema import RunResults
 
@@ -72,10 +79,8 @@ def build_config(args: argparse.Namespace, backbone: str, entries: list[dict[str
                          "train": {"precision": precision}})
     return RunConfig.model_validate({
         "name": f"precision_{backbone}", "seed": 42, "threads": args.threads,
-        "data": {"dataset": "cifar100", "n_tasks": args.tasks,
-                 "class_order": list(range(args.tasks * args.classes_per_task)),
-                 "train_per_class": args.train_per_class, "test_per_class": args.test_per_class,
-                 "per_class_subset": "first"},
+        "data": split_cifar100(args.tasks, args.train_per_class, args.test_per_class,
+                               args.classes_per_task),
         "backbone": {"name": backbone, "img_size": args.vit_size if backbone == VIT else None},
         "train": {"epochs": 1, "batch_size": 16, "eval_batch_size": 50, "augment": "none"},
         "optim": SGD, "cost": {"step_peak_every": 5},
@@ -84,15 +89,11 @@ def build_config(args: argparse.Namespace, backbone: str, entries: list[dict[str
 
 
 def summary(res: RunResults) -> dict[str, Any]:
-    cil, mem = res.accuracy.class_il, res.cost.memory
-    last = cil.matrix[-1] if cil.matrix else []
-    tests = res.scenario.test_samples_per_task
+    mem = res.cost.memory
     return {
         "run": res.run_name,
         "precision": res.cost.flops.precision,
-        "class_il_final": cil.final_average,
-        "class_il_final_ci95": mean_interval95(last, tests[: len(last)]),
-        "forgetting": cil.forgetting,
+        **class_il_summary(res),
         "train_seconds": res.cost.time_s.train_total,
         "eval_seconds": res.cost.time_s.eval,
         "step_peak_bytes": mem.step_peak_bytes,

@@ -35,6 +35,8 @@ from typing import Any
 
 from benchmarks.common import (
     RESULTS,
+    class_il_summary,
+    split_cifar100,
     table_lines,
     table_row,
     targets_section,
@@ -44,7 +46,6 @@ from benchmarks.common import (
 from benchmarks.rep_paper_scale import ratio_rows
 from edgecl.config import RunConfig
 from edgecl.io import atomic_write_text
-from edgecl.metrics.intervals import mean_interval95
 from edgecl.schema import RunResults
 
 MIB = 2**20
@@ -79,10 +80,7 @@ COMBINATION = "cps_prompt_rep"
 def build_config(args: argparse.Namespace) -> RunConfig:
     return RunConfig.model_validate({
         "name": "prompt_efficiency", "seed": 42, "threads": args.threads,
-        "data": {"dataset": "cifar100", "n_tasks": args.tasks,
-                 "class_order": list(range(10 * args.tasks)),
-                 "train_per_class": args.train_per_class, "test_per_class": args.test_per_class,
-                 "per_class_subset": "first"},
+        "data": split_cifar100(args.tasks, args.train_per_class, args.test_per_class),
         "backbone": {"name": "vit_tiny_patch16_224"},
         "train": {"epochs": 1, "batch_size": 16, "eval_batch_size": 50, "augment": False},
         "optim": CODA_OPTIM,
@@ -93,13 +91,8 @@ def build_config(args: argparse.Namespace) -> RunConfig:
 
 def summary(res: RunResults) -> dict[str, Any]:
     cil, mem, secs = res.accuracy.class_il, res.cost.memory, res.cost.time_s
-    tests = res.scenario.test_samples_per_task
-    last = cil.matrix[-1] if cil.matrix else []
     return {
-        "method": res.run_name,
-        "class_il_final": cil.final_average,
-        "class_il_final_ci95": mean_interval95(last, tests[: len(last)]),
-        "forgetting": cil.forgetting,
+        "method": res.run_name, **class_il_summary(res),
         "forgetting_with_final": cil.forgetting_with_final,
         "train_seconds": secs.train_total,
         "eval_seconds": secs.eval,

@@ -29,3 +29,19 @@ def test_the_gap_is_the_mean_over_seeds_with_a_t_interval() -> None:
     text = markdown({"command": "c", "methods": {"dualprompt": res}, "targets": [],
                      "notes": []})
     assert "| dualprompt | 3 | 13.0 | 13.9 | +2.4, -0.4, +0.8 | 0.9 ± 3.5 |" in text
+
+
+def test_the_benchmarks_shared_split_and_class_il_summary() -> None:
+    from results_factory import make_results
+
+    from benchmarks.common import class_il_summary, split_cifar100
+    from edgecl.metrics.intervals import mean_interval95
+
+    data = split_cifar100(2, 8, 4, classes_per_task=5)
+    assert data["class_order"] == list(range(10)) and data["per_class_subset"] == "first"
+    res = make_results("x", [[60.0], [40.0, 80.0]], train_flops=10_000)
+    summary = class_il_summary(res)
+    assert summary["class_il_final"] == pytest.approx(60.0)
+    assert summary["forgetting"] == pytest.approx(20.0)  # task 0: 60 -> 40
+    assert summary["class_il_final_ci95"] == pytest.approx(mean_interval95([40.0, 80.0],
+                                                                           [200, 200]))

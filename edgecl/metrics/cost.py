@@ -241,16 +241,25 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer | None) -> int:
     )
 
 
-def peak_rss_bytes() -> int:
-    """This process's resident high-water mark: ``VmHWM`` where /proc has it (``ru_maxrss``
-    carries a parent's peak over ``execve``), else ``ru_maxrss``."""
+def proc_status_bytes(key: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in bytes; None without
+    /proc (not Linux)."""
     try:
         with open("/proc/self/status") as status:
             for line in status:
-                if line.startswith("VmHWM:"):
+                if line.startswith(f"{key}:"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return None
+
+
+def peak_rss_bytes() -> int:
+    """This process's resident high-water mark: ``VmHWM`` where /proc has it (``ru_maxrss``
+    carries a parent's peak over ``execve``), else ``ru_maxrss``."""
+    hwm = proc_status_bytes("VmHWM")
+    if hwm:
+        return hwm
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)
 

@@ -7,34 +7,23 @@ the figures fall back to ``ru_maxrss`` (the whole process so far) and the load t
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from pathlib import Path
 
-from edgecl.metrics.cost import peak_rss_bytes
+from edgecl.metrics.cost import peak_rss_bytes, proc_status_bytes
 
-STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")
 PROC_STAT, SELF_STAT = Path("/proc/stat"), Path("/proc/self/stat")
 
 
-def _status_bytes(key: str) -> int | None:
-    with contextlib.suppress(OSError):
-        for line in STATUS.read_text().splitlines():
-            if line.startswith(f"{key}:"):
-                return int(line.split()[1]) * 1024
-    return None
-
-
 def rss_bytes() -> int:
     """The process's resident set now (``VmRSS``; else its peak so far)."""
-    return _status_bytes("VmRSS") or peak_rss_bytes()
+    return proc_status_bytes("VmRSS") or peak_rss_bytes()
 
 
-def hwm_bytes() -> int:
-    """The resident set's high-water mark since start or the last :func:`reset_hwm`."""
-    return _status_bytes("VmHWM") or peak_rss_bytes()
+# the resident set's high-water mark since start or the last :func:`reset_hwm`
+hwm_bytes = peak_rss_bytes
 
 
 def reset_hwm() -> bool:

@@ -9,7 +9,7 @@ import torch
 
 from edgecl import __version__
 from edgecl.metrics.cost import peak_rss_bytes
-from edgecl.metrics.devices import PROFILES, host_estimate
+from edgecl.metrics.devices import PROFILES, host_estimate, step_dram_bytes
 from edgecl.runner.build import environment
 from edgecl.runner.loop import TrainingLoop
 from edgecl.schema import RunResults
@@ -56,11 +56,9 @@ def energy_results(loop: TrainingLoop, flops: dict[str, Any], memory: dict[str, 
                    measured: float | None) -> dict[str, Any]:
     steps = sum(loop.run.task_steps)
     peaks = loop.memory.peaks
-    # DRAM traffic model: activations written and read back once, weights read, gradients
-    # and optimizer state read+written, every step.
-    train_bytes = steps * (
-        2 * memory["mean_saved_for_backward_bytes"] + peaks["parameter_bytes"]
-        + 3 * peaks["gradient_bytes"] + 2 * peaks["optimizer_state_bytes"])
+    train_bytes = steps * step_dram_bytes(
+        memory["mean_saved_for_backward_bytes"], peaks["parameter_bytes"],
+        peaks["gradient_bytes"], peaks["optimizer_state_bytes"])
     train_flops = flops["train"]["total"]
     times = loop.meter.time_summary(0)
     estimates = {"host": host_estimate(
