@@ -42,13 +42,24 @@ KEPT = ("final_average", "final_average_ci95", "forgetting", "forgetting_with_fi
         "matrix", "wall_seconds", "load_average_before", "load_average_after", "log")
 
 
+# edgecl runs again with these method parameters, to reproduce a reference's behaviour that
+# edgecl's default corrects (docs/methods/prompting.md); the goal is judged on that run
+REFERENCE_BEHAVIOUR = {"dualprompt": {"reference_batch_mixing": True}}
+MATCHED = "edgecl_reference_behaviour"
+
+
 def method_row(sides: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    off, ecl = sides["official"], sides["edgecl"]
-    return {"official": {k: off[k] for k in KEPT} | {"printed": off.get("printed", {})},
-            "edgecl": {k: ecl[k] for k in KEPT} | {"precision": ecl.get("precision")},
-            "accuracy_gap": ecl["final_average"] - off["final_average"],
-            "forgetting_with_final_gap": ecl["forgetting_with_final"]
-            - off["forgetting_with_final"]}
+    off = sides["official"]
+    row = {"official": {k: off[k] for k in KEPT} | {"printed": off.get("printed", {})}}
+    for name in ("edgecl", MATCHED):
+        if name in sides:
+            ecl = sides[name]
+            row[name] = {k: ecl[k] for k in KEPT} | {"precision": ecl.get("precision")}
+            row[f"{name}_gap"] = ecl["final_average"] - off["final_average"]
+    row["accuracy_gap"] = row.get(f"{MATCHED}_gap", row["edgecl_gap"])  # the goal's figure
+    row["forgetting_with_final_gap"] = (
+        sides["edgecl"]["forgetting_with_final"] - off["forgetting_with_final"])
+    return row
 
 
 def pair(method: str, args: argparse.Namespace, setup: sxs.OfficialSetup,
@@ -57,9 +68,11 @@ def pair(method: str, args: argparse.Namespace, setup: sxs.OfficialSetup,
     of an earlier run of this benchmark with ``--reuse-runs``."""
     out = args.out / method / f"seed{protocol.seed}"
     saved = out / "pair.json"
-    if args.reuse_runs and saved.is_file():
-        return json.loads(saved.read_text())
-    sides = sxs.run_pair(method, setup, protocol, out)
+    sides = json.loads(saved.read_text()) if args.reuse_runs and saved.is_file() else (
+        sxs.run_pair(method, setup, protocol, out))
+    if method in REFERENCE_BEHAVIOUR and MATCHED not in sides:
+        sides[MATCHED] = sxs.run_edgecl(method, protocol, out / MATCHED, "auto",
+                                        REFERENCE_BEHAVIOUR[method])
     atomic_write_text(saved, json.dumps(sides, indent=1))
     return sides
 
@@ -74,6 +87,10 @@ def over_seeds(rows: dict[int, dict[str, Any]], protocol: str,
            "official_mean": statistics.fmean(r["official"]["final_average"]
                                              for r in rows.values()),
            "edgecl_mean": statistics.fmean(r["edgecl"]["final_average"] for r in rows.values())}
+    if all(MATCHED in r for r in rows.values()):
+        out[f"{MATCHED}_mean"] = statistics.fmean(r[MATCHED]["final_average"]
+                                                  for r in rows.values())
+        out["edgecl_gap_mean"] = statistics.fmean(r["edgecl_gap"] for r in rows.values())
     if len(gaps) > 1:
         # the interval of the mean gap, from its spread over seeds (t, n-1 degrees of freedom)
         out["accuracy_gap_ci95"] = T95[len(gaps) - 1] * statistics.stdev(gaps) / len(gaps) ** .5
@@ -85,6 +102,12 @@ def reused_l2p(path: Path) -> dict[str, Any]:
     saved = json.loads(path.read_text())
     return over_seeds({sxs.Protocol.seed: method_row(saved["sides"])}, saved["protocol"],
                       f"{path.name} (the same run)")
+
+
+def behaviour(row: dict[str, Any]) -> str:
+    """`` (param: value, ...)`` of the reference-behaviour run the goal is judged on."""
+    params = row.get("reference_behaviour")
+    return f" ({', '.join(f'{k}: {v}' for k, v in params.items())})" if params else ""
 
 
 def fmt(value: float | None, ci: float | None = None) -> str:
@@ -103,7 +126,9 @@ def markdown(res: dict[str, Any]) -> str:
                            "official's printed avg / forgetting"])]
     for method, row in res["methods"].items():
         for seed, pair_row in row["seeds"].items():
-            for side in ("official", "edgecl"):
+            for side in ("official", "edgecl", MATCHED):
+                if side not in pair_row:
+                    continue
                 r = pair_row[side]
                 printed = r.get("printed") or {}
                 lines.append(table_row([
@@ -111,14 +136,20 @@ def markdown(res: dict[str, Any]) -> str:
                     fmt(r["forgetting"]), fmt(r["forgetting_with_final"]),
                     f"{fmt(printed.get('final_average'))} / {fmt(printed.get('forgetting'))}"
                     if side == "official" else ""]))
-    lines += ["", "Over seeds (the goal is judged on the mean gap):", "",
+    lines += ["", f"`{MATCHED}`: edgecl with the method parameters that reproduce the "
+              "reference's own behaviour where edgecl's default corrects it (below); the goal "
+              "is judged on it where it exists, else on `edgecl`.", "",
+              "Over seeds (the goal is judged on the mean gap):", "",
               *table_lines(["method", "seeds", "official mean (%)", "edgecl mean (%)",
-                            "gap per seed (pts)", "mean gap (pts) ± 95 %"])]
+                            f"{MATCHED} mean (%)", "goal's gap per seed (pts)",
+                            "goal's mean gap (pts) ± 95 %", "edgecl default's mean gap (pts)"])]
     for method, row in res["methods"].items():
         lines.append(table_row([
             method, str(len(row["seeds"])), fmt(row["official_mean"]), fmt(row["edgecl_mean"]),
+            fmt(row.get(f"{MATCHED}_mean")),
             ", ".join(f"{g:+.1f}" for g in row["accuracy_gap_per_seed"]),
-            fmt(row["accuracy_gap"], row.get("accuracy_gap_ci95"))]))
+            fmt(row["accuracy_gap"], row.get("accuracy_gap_ci95")),
+            f"{row.get('edgecl_gap_mean', row['accuracy_gap']):+.1f}"]))
     lines += targets_section(res["targets"])
     lines += sxs.closing_sections(res["notes"])
     return "\n".join(lines)
@@ -150,11 +181,13 @@ def main() -> None:
         rows = {seed: method_row(pair(method, args, setup, replace(protocol, seed=seed)))
                 for seed in args.seeds}
         methods[method] = over_seeds(rows, protocol.describe(tuple(args.seeds)))
+        if method in REFERENCE_BEHAVIOUR:
+            methods[method]["reference_behaviour"] = REFERENCE_BEHAVIOUR[method]
     res = {
         "command": "python -m benchmarks.fidelity " + " ".join(sys.argv[1:]),
         "methods": methods,
-        "targets": [{"name": f"{m}: edgecl - official final average accuracy, mean over "
-                             f"{len(row['seeds'])} seed(s) (pts)",
+        "targets": [{"name": f"{m}: edgecl{behaviour(row)} - official final average "
+                             f"accuracy, mean over {len(row['seeds'])} seed(s) (pts)",
                      "measured": row["accuracy_gap"], "goal": "within ±2",
                      "met": abs(round(row["accuracy_gap"], 6)) <= 2} for m, row in methods.items()],
         "notes": [

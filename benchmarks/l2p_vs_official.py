@@ -93,9 +93,11 @@ def notes(sides: dict[str, dict[str, Any]]) -> list[str]:
     ecl = sides["edgecl"]
     return load_note(sides) + [
         f"Default precision: edgecl's `train.precision: auto` resolved to "
-        f"{ecl['precision']['train']} on this CPU (bf16 is not native here, only emulated), so "
-        "the default-precision row is the fp32 run"
-        + ("." if "edgecl_fp32" not in sides else "; a separate fp32 run is listed."),
+        f"{ecl['precision']['train']} on this CPU"
+        + (" (bf16 is not native here), so the default-precision row is the fp32 run."
+           if "edgecl_fp32" not in sides else
+           " (native bf16); the `edgecl_fp32` row is a separate fp32 run. The official runs "
+           "in fp32 (its code has no mixed precision)."),
         "Train and eval time: edgecl's `cost.time_s.train_total` / `eval`; the official's "
         "from its own `Total time ... (s / it)` lines (per training epoch and per test "
         "loader) times the iterations. Wall time: the child process's lifetime (imports, data "

@@ -198,10 +198,12 @@ def run_official(method: str, setup: OfficialSetup, protocol: Protocol, log: Pat
 
 
 # ---- the edgecl side --------------------------------------------------------------------
-def edgecl_config(method: str, protocol: Protocol, precision: str) -> dict[str, Any]:
-    """The protocol config (configs/cifar100_<method>.yaml) reduced to ``protocol``."""
+def edgecl_config(method: str, protocol: Protocol, precision: str,
+                  params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The protocol config (configs/cifar100_<method>.yaml) reduced to ``protocol``;
+    ``params`` override the method's."""
     base = yaml.safe_load((REPO / "configs" / EDGECL_CONFIG[method]).read_text())
-    entry = dict(base["methods"][0])
+    entry = {**base["methods"][0], **(params or {})}
     entry["optim"] = {**entry["optim"], "lr": protocol.lr}
     return {
         **base, "name": f"{method}_official_side_by_side", "seed": protocol.seed,
@@ -217,10 +219,11 @@ def edgecl_config(method: str, protocol: Protocol, precision: str) -> dict[str, 
     }
 
 
-def run_edgecl(method: str, protocol: Protocol, out: Path, precision: str) -> dict[str, Any]:
+def run_edgecl(method: str, protocol: Protocol, out: Path, precision: str,
+               params: dict[str, Any] | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     config = out / "config_side_by_side.yaml"
-    config.write_text(yaml.safe_dump(edgecl_config(method, protocol, precision)))
+    config.write_text(yaml.safe_dump(edgecl_config(method, protocol, precision, params)))
     run_dir = out / "run"
     cmd = [sys.executable, "-m", "edgecl.cli", "run", "-c", str(config), "--out", str(run_dir),
            "-q"]

@@ -28,7 +28,19 @@ def test_the_gap_is_the_mean_over_seeds_with_a_t_interval() -> None:
     assert one["accuracy_gap"] == pytest.approx(2.4) and "accuracy_gap_ci95" not in one
     text = markdown({"command": "c", "methods": {"dualprompt": res}, "targets": [],
                      "notes": []})
-    assert "| dualprompt | 3 | 13.0 | 13.9 | +2.4, -0.4, +0.8 | 0.9 ± 3.5 |" in text
+    assert "| dualprompt | 3 | 13.0 | 13.9 | n/a | +2.4, -0.4, +0.8 | 0.9 ± 3.5 | +0.9 |" in text
+
+
+def test_the_goal_is_judged_on_the_reference_behaviour_run_where_there_is_one() -> None:
+    from benchmarks.fidelity import MATCHED
+
+    rows = {s: method_row({"official": side(o), "edgecl": side(e), MATCHED: side(m)})
+            for s, (o, e, m) in {42: (13.0, 15.0, 13.5), 43: (14.0, 17.0, 13.0)}.items()}
+    res = over_seeds(rows, "p")
+    assert res["accuracy_gap_per_seed"] == pytest.approx([0.5, -1.0])
+    assert res["accuracy_gap"] == pytest.approx(-0.25)
+    assert res["edgecl_gap_mean"] == pytest.approx(2.5)
+    assert res[f"{MATCHED}_mean"] == pytest.approx(13.25)
 
 
 def test_the_benchmarks_shared_split_and_class_il_summary() -> None:

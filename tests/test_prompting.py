@@ -303,6 +303,35 @@ def test_dualprompt_trains_the_task_prompt_and_warm_starts_the_next():
     assert torch.equal(method.pool.prompts[1], method.pool.prompts[0])
 
 
+def test_reference_batch_mixing_is_the_references_reshape():
+    from edgecl.efficiency.prompts import reference_batch_mixing
+
+    # B = 4 samples, one token of width 1: keys k0..k3 = 0..3, values v0..v3 = 10..13
+    keys = torch.arange(4.0).view(4, 1, 1)
+    values = keys + 10
+    mixed_k, mixed_v = reference_batch_mixing(keys, values)
+    # rows k0 k1 k2 k3 v0 v1 v2 v3: sample b takes row 2b as keys, row 2b + 1 as values
+    assert mixed_k.flatten().tolist() == [0, 2, 10, 12]
+    assert mixed_v.flatten().tolist() == [1, 3, 11, 13]
+    # the same as dualprompt-pytorch's (2, B, ...) -> (B, 2, ...) reshape without a permute
+    ref = torch.stack([keys, values]).reshape(4, 2, 1, 1)
+    assert torch.equal(ref[:, 0], mixed_k) and torch.equal(ref[:, 1], mixed_v)
+
+
+def test_dualprompt_mixes_the_e_prefix_only_when_asked():
+    plain = make_method("dualprompt", **METHODS["dualprompt"])
+    mixed = make_method("dualprompt", **METHODS["dualprompt"], reference_batch_mixing=True)
+    for m in (plain, mixed):
+        m.begin_task(task(0))
+    query = plain.query(torch.randn(4, 3, 32, 32))
+    a, b = plain.prompt_batch(query, True).prefix, mixed.prompt_batch(query, True).prefix
+    assert all(torch.equal(x, y) for x, y in zip(a[0], b[0], strict=True))  # G-prompt: as is
+    for layer in (1, 2):  # E-prompt layers: one prompt for the batch, halves swapped in
+        (k, v), (mk, mv) = a[layer], b[layer]
+        assert torch.equal(mk[:2], k[:2]) and torch.equal(mv[:2], k[:2])
+        assert torch.equal(mk[2:], v[2:]) and torch.equal(mv[2:], v[2:])
+
+
 def test_coda_resume_at_any_task_is_exact():
     def run(stop_after: tuple[int, int] | None):
         method = make_method("coda_prompt", **METHODS["coda_prompt"])

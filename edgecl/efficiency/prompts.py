@@ -199,6 +199,16 @@ def layer_inputs(
     return None, {layer: split_prefix(prompts[i]) for i, layer in enumerate(layers)}
 
 
+def reference_batch_mixing(keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+    """dualprompt-pytorch's E-prompt prefix, reproduced: ``(B, T, D)`` keys and values →
+    what its ``(layers, 2, B, ...) → (layers, B, 2, ...)`` reshape (no permute) hands each
+    sample. Read as rows of the stacked ``(2B, T, D)`` tensor, sample ``b`` gets row ``2b`` as
+    keys and row ``2b + 1`` as values: the first half of the batch takes two samples' key
+    parts, the second half two samples' value parts."""
+    rows = torch.cat([keys, values], dim=0)
+    return rows[0::2], rows[1::2]
+
+
 def merge_prefix(first: Prefix, second: Prefix) -> Prefix:
     """Per-layer concatenation (``first`` then ``second``) of two prefix dicts."""
     merged = dict(first)

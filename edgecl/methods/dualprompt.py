@@ -17,9 +17,14 @@ Choices (reference: JH-LEE-KR/dualprompt-pytorch, CIFAR-100 config; spec: specs/
 - ``batchwise_prompt`` = true as in the reference; ``batchwise_eval`` = false (see L2P: a
   batch vote at test time would leak the task identity; the protocol configs set true).
 - Prompts and keys are U(-1, 1) (``uniform``). G-prompts use the same ``tuning``.
-- With top-k > 1 each selected prompt's key part and value part are concatenated separately;
-  the reference reshapes ``(2, B)`` into ``(B, 2)`` without a permute, which mixes keys and
-  values across the batch (dualprompt-pytorch issue #8); edgecl does not reproduce that.
+- ``reference_batch_mixing`` = false: each sample's E-prefix is its own selected prompts' key
+  part and value part. The reference gathers the E-prompts as ``(layers, 2, B, ...)`` and
+  reshapes that into ``(layers, B, 2, ...)`` without a permute (dualprompt-pytorch issue
+  #8), at any top-k: sample ``b`` gets row ``2b`` of the stacked key/value rows as keys and
+  row ``2b + 1`` as values, so with one prompt per batch the first half of the batch attends
+  to (key part, key part) and the second half to (value part, value part). True reproduces
+  that, for side-by-side runs (benchmarks/fidelity.py); the G-prompt is gathered correctly
+  there and is left alone.
 - Optimizer (configs/cifar100_dualprompt.yaml): Adam, constant lr 0.03·B/256 with B = 24 as
   in the reference's CIFAR config (the spec's 0.005·B/256 is the ImageNet-R value), grad-norm
   clip 1.0, re-created each task.
@@ -37,6 +42,7 @@ from edgecl.efficiency.prompts import (
     Tuning,
     layer_inputs,
     merge_prefix,
+    reference_batch_mixing,
     stored_length,
 )
 from edgecl.methods.base import TaskInfo
@@ -58,6 +64,7 @@ class DualPromptParams(L2PParams):
     head_input: HeadInput = "cls"
     g_length: int = Field(5, ge=0)  # 0: no G-prompt
     g_layers: list[int] = [0, 1]
+    reference_batch_mixing: bool = False  # the reference's E-prefix reshape (docstring)
 
     @model_validator(mode="after")
     def _g_layers_fit(self) -> DualPromptParams:
@@ -99,6 +106,9 @@ class DualPrompt(L2P):
 
     def prompt_batch(self, query: Tensor, training: bool) -> PromptBatch:
         batch = super().prompt_batch(query, training)
+        if self.params.reference_batch_mixing:
+            batch.prefix = {layer: reference_batch_mixing(k, v)
+                            for layer, (k, v) in batch.prefix.items()}
         if self.g_prompt is None:
             return batch
         g_tokens, g_prefix = layer_inputs(
