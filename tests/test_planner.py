@@ -151,8 +151,10 @@ def test_per_step_figures_are_linear_in_batch(small_cfg, one_thread):
     assert prof.knobs == {"batch_size": 8, "rm_sz": 40, "storage": "fp32", "split_layer": 9,
                           "n_layers": 12}
     # the setup figures are the first batch size's (the high-water mark is reset before each
-    # setup, and a later setup can sit a few pages lower)
-    assert prof.setup_rss_bytes > 0 and prof.steps[0].peak_rss_bytes >= prof.setup_rss_bytes
+    # setup). Linux keeps RSS in per-thread counters synced lazily, so VmHWM can read a few
+    # pages under an earlier VmRSS: 1 MiB of slack (the figures are ~1 GiB)
+    assert prof.setup_rss_bytes > 0
+    assert prof.steps[0].peak_rss_bytes >= prof.setup_rss_bytes - 2**20
 
 
 def test_plan_and_fit_on_a_real_config(small_cfg, one_thread):
