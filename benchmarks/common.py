@@ -104,4 +104,3 @@ def class_il_summary(res: RunResults) -> dict[str, Any]:
     return {"class_il_final": cil.final_average,
             "class_il_final_ci95": mean_interval95(last, tests[: len(last)]),
             "forgetting": cil.forgetting}
-

@@ -36,8 +36,8 @@ from typing import Any
 from benchmarks import official_side_by_side as sxs
 from benchmarks.common import RESULTS, table_lines, table_row, targets_section, write_result
 from edgecl.io import atomic_write_text
+from edgecl.metrics.intervals import spread_interval95
 
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 KEPT = ("final_average", "final_average_ci95", "forgetting", "forgetting_with_final",
         "matrix", "wall_seconds", "load_average_before", "load_average_after", "log")
 
@@ -91,9 +91,8 @@ def over_seeds(rows: dict[int, dict[str, Any]], protocol: str,
         out[f"{MATCHED}_mean"] = statistics.fmean(r[MATCHED]["final_average"]
                                                   for r in rows.values())
         out["edgecl_gap_mean"] = statistics.fmean(r["edgecl_gap"] for r in rows.values())
-    if len(gaps) > 1:
-        # the interval of the mean gap, from its spread over seeds (t, n-1 degrees of freedom)
-        out["accuracy_gap_ci95"] = T95[len(gaps) - 1] * statistics.stdev(gaps) / len(gaps) ** .5
+    if len(gaps) > 1:  # the interval of the mean gap, from its spread over seeds
+        out["accuracy_gap_ci95"] = spread_interval95(gaps)
     return out | ({"source": source} if source else {})
 
 

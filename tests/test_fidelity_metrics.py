@@ -75,6 +75,17 @@ def test_interval_from_the_number_of_test_images() -> None:
     assert matrix_intervals95([], []) == (None, None)
 
 
+def test_interval_of_a_mean_from_the_spread_of_repeated_runs() -> None:
+    from edgecl.metrics.intervals import spread_interval95
+
+    # (1, 2, 3): sd 1, t(2 dof) = 4.303, / sqrt(3)
+    assert spread_interval95([1.0, 2.0, 3.0]) == pytest.approx(4.303 / math.sqrt(3))
+    assert spread_interval95([5.0]) is None and spread_interval95([]) is None
+    # 12 runs of 0/1 alternating: sd sqrt(12 / 44), the 9-dof quantile 2.262 (never narrower)
+    assert spread_interval95([0.0, 1.0] * 6) == pytest.approx(
+        2.262 * math.sqrt(3 / 11) / math.sqrt(12))
+
+
 # ---- the real step peak -----------------------------------------------------------------------
 def test_peak_of_events_is_the_largest_running_sum() -> None:
     events = [(3, -100), (1, 400), (2, 200), (4, -500), (5, 50)]  # out of time order
