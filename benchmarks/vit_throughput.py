@@ -7,7 +7,9 @@ matmul (16·197 x 192) @ (192 x 768), and a full training step (forward, backwar
 one step (counted by edgecl's cost meter in a separate, untimed pass) / median step time
 (timed with every counter off). Whether the CPU reports native bf16 (AVX512-BF16 or AMX) and
 what ``train.precision: auto`` resolves to are recorded beside the figures: without native
-bf16 the CPU emulates it, and the bf16 figures show by how much that loses.
+bf16 the CPU emulates it, and the bf16 figures show by how much that loses. The bf16 step is
+also timed with each attention kernel (fused sdpa, explicit, recompute), with its allocator
+step peak.
 
     python -m benchmarks.vit_throughput [--batch 16] [--repeats 5]
 
@@ -18,15 +20,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import torch
 import torch.nn.functional as F
 
 from benchmarks.common import RESULTS, median_seconds, table_lines, table_row, write_result
-from edgecl.backbones.vit import VisionTransformer
+from edgecl.backbones.attention_kernels import KERNELS
+from edgecl.backbones.vit import VisionTransformer, ViTConfig
 from edgecl.efficiency import precision
 from edgecl.io import atomic_write_text
 from edgecl.metrics.cost import CostMeter
+from edgecl.metrics.step_peak import AllocatorPeak
 
 GOAL = 0.5  # bf16 step / bf16 matmul peak
 PRECISIONS = ("fp32", "bf16")
@@ -44,9 +49,9 @@ def peak_size(dtype: torch.dtype) -> int:
     return 512
 
 
-def training_step(batch: int, prec: str):
+def training_step(batch: int, prec: str, kernel: str = "auto"):
     torch.manual_seed(0)
-    vit = VisionTransformer()
+    vit = VisionTransformer(ViTConfig(attention_kernel=kernel))
     head = torch.nn.Linear(vit.embed_dim, 100)
     opt = torch.optim.SGD(list(vit.parameters()) + list(head.parameters()), lr=1e-3,
                           momentum=0.9)
@@ -82,6 +87,19 @@ def measure(prec: str, batch: int, repeats: int) -> dict:
     }
 
 
+def attention_kernels(batch: int, repeats: int) -> dict[str, dict]:
+    """The bf16 step with each attention kernel: median time and the allocator's step peak
+    (above what was alive before the step)."""
+    out = {}
+    for kernel in (k for k in KERNELS if k != "auto"):
+        step = training_step(batch, "bf16", kernel)
+        seconds = median_seconds(step, repeats, warmup=1)
+        with AllocatorPeak(torch.device("cpu")) as reading:
+            step()
+        out[kernel] = {"step_seconds_median": seconds, "step_peak_bytes": reading.peak_bytes}
+    return out
+
+
 def markdown(res: dict) -> str:
     lines = ["# ViT-Ti training step at each precision", "",
              f"Command: `{res['command']}`. Batch {res['batch']}, 224 px, "
@@ -98,7 +116,15 @@ def markdown(res: dict) -> str:
             f"{r['images_per_second']:.1f}", f"{r['achieved_gflops']:.1f}",
             f"{100 * r['fraction_of_peak']:.0f} %"]))
     lines += ["", f"bf16 step time / fp32 step time: {res['bf16_over_fp32_step_time']:.2f}x.",
-              "", "## Targets", "", *table_lines(["target", "measured", "goal", "met"])]
+              "", "## bf16 step by attention kernel", "",
+              "`auto` takes `recompute` for bf16 on a CPU "
+              "(edgecl/backbones/attention_kernels.py). Step peak: the allocator's high-water "
+              "mark during one step, above what was alive before it.", "",
+              *table_lines(["kernel", "step s", "step peak MiB"])]
+    lines += [table_row([name, f"{r['step_seconds_median']:.3f}",
+                         f"{r['step_peak_bytes'] / 2**20:.0f}"])
+              for name, r in res["bf16_attention_kernels"].items()]
+    lines += ["", "## Targets", "", *table_lines(["target", "measured", "goal", "met"])]
     lines += [table_row([t["name"], f"{t['measured']:.3f}", t["goal"],
                          "yes" if t["met"] else "**no**"]) for t in res["targets"]]
     return "\n".join(lines) + "\n"
@@ -112,9 +138,11 @@ def main() -> None:
     load_before = os.getloadavg()
     per = {prec: measure(prec, args.batch, args.repeats) for prec in PRECISIONS}
     bf16 = per["bf16"]
+    kernels = attention_kernels(args.batch, args.repeats)
     res = {
-        "command": "python -m benchmarks.vit_throughput",
+        "command": " ".join(["python -m benchmarks.vit_throughput", *sys.argv[1:]]),
         "batch": args.batch, "resolution": 224, "precisions": per,
+        "bf16_attention_kernels": kernels,
         "native_bf16": precision.cpu_has_native_bf16(),
         "auto_resolves_to": precision.resolve("auto", "cpu"),
         "bf16_over_fp32_step_time": bf16["step_seconds_median"]

@@ -20,6 +20,10 @@ from rich.progress import (
 )
 
 from edgecl.errors import EdgeclError, one_line
+from edgecl.malloc import arenas_from_env, limit_arenas
+
+with contextlib.suppress(ValueError):  # a bad EDGECL_MALLOC_ARENAS: _process_settings
+    limit_arenas(arenas_from_env())  # before torch's import starts a thread (edgecl/malloc.py)
 
 app = typer.Typer(
     help="Resource-efficient continual learning on edge devices: accuracy and cost, side by side.",
@@ -27,6 +31,15 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(stderr=True)
+
+
+@app.callback()
+def _process_settings() -> None:
+    """Resource-efficient continual learning on edge devices: accuracy and cost, side by side."""
+    try:
+        arenas_from_env()
+    except ValueError as err:
+        _fail(err)
 
 
 def _fail(message: object) -> NoReturn:

@@ -4,7 +4,9 @@ of test images, and the real per-step memory peak beside the accounting figure."
 
 from __future__ import annotations
 
+import gc
 import math
+import weakref
 
 import pytest
 import torch
@@ -101,6 +103,20 @@ def test_allocator_peak_sees_a_transient_buffer_and_adds_the_resident_bytes() ->
     assert reading.source == "cpu_profiler"
     assert reading.peak_bytes == 1000 + 4_000_000
     del small
+
+
+def test_allocator_peak_frees_its_profile_on_exit() -> None:
+    """The profile is self-referencing: without the probe's own collection its event buffers
+    stay until Python's next full collection, and every probe grew the process's RSS."""
+    probe = AllocatorPeak(torch.device("cpu"))
+    gc.disable()  # only the probe's collection may free it
+    try:
+        with probe:
+            profile_ref = weakref.ref(probe._profile)
+            torch.empty(1000)
+        assert probe._profile is None and profile_ref() is None
+    finally:
+        gc.enable()
 
 
 def test_real_peak_includes_the_no_grad_pass_the_accounting_misses(one_thread) -> None:

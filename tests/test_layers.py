@@ -1,5 +1,5 @@
 """The package's import structure: no cycles, and no import against the layer order
-errors/io/schema → data → backbones → efficiency/metrics → methods → config → runner →
+errors/io/malloc/schema → data → backbones → efficiency/metrics → methods → config → runner →
 report/analysis/learner/planner/export → service → cli (a module may import its own layer
 and those before it)."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "edgecl"
 LAYERS = {
-    "errors": 0, "io": 0, "schema": 0, "data": 1, "backbones": 2, "efficiency": 3,
+    "errors": 0, "io": 0, "malloc": 0, "schema": 0, "data": 1, "backbones": 2, "efficiency": 3,
     "metrics": 3, "methods": 4, "config": 5, "runner": 6, "analysis": 7, "report": 7,
     "learner": 7, "planner": 7, "export": 7, "sweep": 7, "service": 8, "cli": 9,
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import pytest
 import torch
@@ -105,6 +106,21 @@ def test_flops_match_flop_counter_mode(hooks_kw, frozen):
     ours, ref, meter = count_both(step)
     assert ours == ref
     assert meter.flops["backward"] > 0
+
+
+@pytest.mark.parametrize("kernel", ["explicit", "recompute"])
+def test_flops_of_the_matmul_attention_kernels_match_flop_counter_mode(kernel):
+    """Plain-matmul attention (bf16 on a CPU): ``recompute`` repeats q kᵀ in backward and
+    ``explicit`` does not; the meter books each as FlopCounterMode sees it."""
+    torch.manual_seed(0)
+    vit = VisionTransformer(dataclasses.replace(SMALL, attention_kernel=kernel)).bfloat16()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.bfloat16)
+
+    def step():
+        vit.forward_features(x).tokens.float().sum().backward()
+
+    ours, ref, _ = count_both(step)
+    assert ours == ref
 
 
 def test_flops_of_a_linear_layer_by_hand():

@@ -7,8 +7,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from edgecl.backbones.attention_kernels import resolve_kernel
 from edgecl.backbones.registry import build_vit
-from edgecl.backbones.vit import VisionTransformer, ViTConfig, ViTHooks, interpolate_pos_embed
+from edgecl.backbones.vit import (
+    AttentionCore,
+    VisionTransformer,
+    ViTConfig,
+    ViTHooks,
+    interpolate_pos_embed,
+)
 from edgecl.backbones.weights import load_into_vit, read_state_dict
 from edgecl.errors import WeightsError
 
@@ -48,6 +55,55 @@ def test_attention_matches_explicit_softmax(vit):
     weights = torch.softmax(q @ k.transpose(-1, -2) / 4.0, dim=-1)
     expected = attn.proj((weights @ v).transpose(1, 2).reshape(2, 5, 32))
     torch.testing.assert_close(out, expected)
+
+
+def test_attention_kernels_agree_with_the_hand_written_formula():
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 2, 5, 8, generator=g) for _ in range(3))
+    bias = torch.tensor([0.0, -1.0, 0.5, 0.0, 2.0])[None, None, None, :]
+    weights = torch.softmax(q @ k.transpose(-1, -2) / 8**0.5 + bias, dim=-1)
+    for kernel in ("sdpa", "explicit", "recompute"):
+        torch.testing.assert_close(AttentionCore(kernel)(q, k, v, bias), weights @ v)
+        out = AttentionCore(kernel)(*(t.bfloat16() for t in (q, k, v)), bias.bfloat16())
+        assert out.dtype == torch.bfloat16
+        torch.testing.assert_close(out.float(), weights @ v, atol=0.05, rtol=0.05)
+    with pytest.raises(ValueError, match="attention kernel"):
+        AttentionCore("flash")
+
+
+def test_auto_kernel_recomputes_for_reduced_precision_on_cpu_only():
+    x = torch.zeros(1, 1, 2, 4)
+    assert resolve_kernel("auto", x.bfloat16()) == "recompute"
+    assert resolve_kernel("auto", x.half()) == "recompute"
+    assert resolve_kernel("auto", x) == "sdpa"
+    assert resolve_kernel("explicit", x) == "explicit"
+
+
+@pytest.mark.parametrize("kernel", ["explicit", "recompute"])
+def test_kernel_gradients_match_sdpa_bias_included(kernel):
+    grads = {}
+    for name in ("sdpa", kernel):
+        torch.manual_seed(4)
+        q, k, v = (torch.randn(2, 2, 6, 4, dtype=torch.float64, requires_grad=True)
+                   for _ in range(3))
+        bias = torch.randn(2, 1, 1, 6, dtype=torch.float64, requires_grad=True)
+        AttentionCore(name)(q, k, v, bias).pow(2).sum().backward()
+        grads[name] = [t.grad for t in (q, k, v, bias)]
+    for a, b in zip(grads["sdpa"], grads[kernel], strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_recompute_keeps_no_probability_matrix_for_backward():
+    """(B, heads, N, N) probabilities stay only with ``explicit``; recompute keeps q, k, v."""
+    def saved_shapes(kernel: str) -> list[tuple[int, ...]]:
+        shapes: list[tuple[int, ...]] = []
+        q, k, v = (torch.randn(1, 2, 6, 4, requires_grad=True) for _ in range(3))
+        with torch.autograd.graph.saved_tensors_hooks(
+                lambda t: shapes.append(tuple(t.shape)) or t, lambda t: t):
+            AttentionCore(kernel)(q, k, v)
+        return shapes
+    assert (1, 2, 6, 6) in saved_shapes("explicit")
+    assert (1, 2, 6, 6) not in saved_shapes("recompute")
 
 
 def test_skipped_layers_are_identity(vit, images):

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from edgecl.backbones.attention_kernels import KERNELS, attention
+
 # merge(layer, x, keys, sizes, n_protected) -> (x, sizes); keys are the layer's attention keys
 # averaged over heads, (B, N, head_dim), as ToMe uses for similarity.
 MergeFn = Callable[[int, Tensor, Tensor, Tensor, int], tuple[Tensor, Tensor]]
@@ -41,6 +43,7 @@ class ViTConfig:
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
     norm_eps: float = 1e-6
+    attention_kernel: str = "auto"  # attention_kernels.KERNELS
 
     @property
     def grid_size(self) -> int:
@@ -101,10 +104,17 @@ class PatchEmbed(nn.Module):
 
 
 class AttentionCore(nn.Module):
-    """softmax(q kᵀ/√d + bias) v. A module so cost meters can see every attention call."""
+    """softmax(q kᵀ/√d + bias) v. A module so cost meters can see every attention call;
+    ``kernel``: how it is computed (edgecl/backbones/attention_kernels.py)."""
+
+    def __init__(self, kernel: str = "auto") -> None:
+        super().__init__()
+        if kernel not in KERNELS:
+            raise ValueError(f"attention kernel must be one of {KERNELS}, got {kernel!r}")
+        self.kernel = kernel
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return attention(q, k, v, bias, self.kernel)
 
 
 class Attention(nn.Module):
@@ -113,7 +123,7 @@ class Attention(nn.Module):
         self.num_heads = cfg.num_heads
         self.head_dim = cfg.embed_dim // cfg.num_heads
         self.qkv = nn.Linear(cfg.embed_dim, 3 * cfg.embed_dim, bias=cfg.qkv_bias)
-        self.core = AttentionCore()
+        self.core = AttentionCore(cfg.attention_kernel)
         self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
 
     def split_heads(self, t: Tensor) -> Tensor:

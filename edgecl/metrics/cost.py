@@ -17,6 +17,7 @@ excluded, storages deduplicated) + parameters + gradients + optimizer state + me
 from __future__ import annotations
 
 import contextlib
+import math
 import resource
 import sys
 import time
@@ -33,6 +34,7 @@ from torch.utils.flop_counter import (
     sdpa_flop_count,
 )
 
+from edgecl.backbones.attention_kernels import resolve_kernel
 from edgecl.backbones.vit import AttentionCore
 
 PHASES = ("data", "selection", "prefix", "forward", "backward", "step", "eval")
@@ -68,10 +70,18 @@ def _conv_cost(m: nn.Conv2d, x: Tensor, out: Tensor) -> tuple[int, int]:
     return fwd, bwd
 
 
-def _attention_cost(q: Tensor, k: Tensor, v: Tensor, out: Tensor) -> tuple[int, int]:
+def _attention_cost(m: AttentionCore, q: Tensor, k: Tensor, v: Tensor,
+                    out: Tensor) -> tuple[int, int]:
     qs, ks, vs = (tuple(t.shape) for t in (q, k, v))
     fwd = sdpa_flop_count(qs, ks, vs)
-    bwd = sdpa_backward_flop_count(tuple(out.shape), qs, ks, vs) if out.requires_grad else 0
+    bwd = 0
+    if out.requires_grad:
+        # torch's formula includes recomputing q kᵀ in backward, as the fused kernels and
+        # ``recompute`` do; ``explicit`` keeps the probabilities and skips that matmul
+        bwd = sdpa_backward_flop_count(tuple(out.shape), qs, ks, vs)
+        if resolve_kernel(m.kernel, q) == "explicit":
+            *batch, n, d = qs
+            bwd -= 2 * math.prod(batch) * n * ks[-2] * d
     return fwd, bwd
 
 
@@ -127,7 +137,7 @@ class CostMeter:
         elif isinstance(module, nn.Conv2d):
             fwd, bwd = _conv_cost(module, args[0], out)  # type: ignore[arg-type]
         elif isinstance(module, AttentionCore):
-            fwd, bwd = _attention_cost(args[0], args[1], args[2], out)  # type: ignore[arg-type]
+            fwd, bwd = _attention_cost(module, args[0], args[1], args[2], out)  # type: ignore[arg-type]
         else:
             return
         self.flops[self._phase] += fwd

@@ -21,6 +21,7 @@ Kineto prints a line to stderr when a profile starts and stops; it is silenced f
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sys
 from collections.abc import Iterator
@@ -103,3 +104,9 @@ class AllocatorPeak:
         events = [(e.start_ns(), e.nbytes()) for e in results.events()
                   if e.name() == "[memory]" and e.device_type() == DeviceType.CPU]
         self.reading.peak_bytes = self.resident_bytes + peak_of_events(events)
+        # The profile refers to itself (its action map holds its bound methods), so its event
+        # buffers (tens of MB for a ViT step) outlive it until a full collection; waiting for
+        # one grew a run's peak RSS by about 20 MB per probe (1004 MiB against 874 unprobed).
+        del results, events
+        self._profile = None
+        gc.collect()
