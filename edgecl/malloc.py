@@ -3,9 +3,10 @@
 glibc gives threads their own arenas (up to 8 per core) so that they do not contend for one
 lock. Freed tensor memory then sits in several arenas, each holding pages that the others
 cannot reuse. With one arena, L2P's side-by-side run (benchmarks/l2p_vs_official.py, ViT-Ti,
-batch 16, bf16, 2 threads) peaked at 950-974 MiB RSS against 1090 MiB with glibc's default,
-in the same training time: edgecl's threads (intra-op workers, the prefetch thread) rarely
-allocate at the same moment, so the shared lock costs nothing measurable there.
+batch 16, bf16, 2 threads) peaked at 950-1047 MiB RSS over four runs against 1090 MiB with
+glibc's default, in the same training time: edgecl's threads (intra-op workers, the prefetch
+thread) rarely allocate at the same moment, so the shared lock costs nothing measurable there
+(docs/measurement.md, "Process memory").
 
 The cap holds only for threads that have not allocated yet: a thread already bound to a
 second arena keeps it. The ``edgecl`` command therefore sets it when its module loads, before
