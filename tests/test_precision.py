@@ -125,3 +125,39 @@ def test_a_bf16_run_keeps_fp32_master_weights_and_records_its_precision(cifar100
     assert on_disk["cost"]["flops"]["precision"]["train"] == "bf16"
     # master weights and their gradients stay fp32 through every step
     assert seen and all(dtypes == {torch.float32} for dtypes in seen)
+
+
+SELECTOR = {"selector": {"resolution": 16}}
+PROMPT_METHODS = {  # parameters that fit the 2-block test ViT
+    "l2p": {"pool_size": 4, "top_k": 2},
+    "dualprompt": {"prompt_layers": [1], "g_layers": [0]},
+    "coda_prompt": {"pool_size": 4, "prompt_layers": [0, 1]},
+    "cps_prompt": {"pool_size": 4, "prompt_layers": [0, 1], "phase_split": "steps"},
+    "l2p_rep": {"pool_size": 4, "top_k": 2, **SELECTOR},
+    "dualprompt_rep": {"prompt_layers": [1], "g_layers": [0], **SELECTOR},
+    "coda_prompt_rep": {"pool_size": 4, "prompt_layers": [0, 1], **SELECTOR},
+    "cps_prompt_rep": {"pool_size": 4, "prompt_layers": [0, 1], "phase_split": "steps",
+                       **SELECTOR},
+}
+
+
+def test_every_prompt_method_trains_and_evaluates_in_bf16(cifar100_root, tmp_path):
+    """Prompts, prefixes and keys are fp32 parameters while autocast computes the backbone in
+    bf16 (and CPU bf16 attention runs the recompute kernel): each method must take both."""
+    weights = save_tiny_vit(tmp_path / "tiny.pth")
+    tree = {
+        "name": "bf16_prompts", "seed": 3,
+        "data": {"dataset": "cifar100", "root": str(cifar100_root), "n_tasks": 2,
+                 "class_order": [0, 1, 2, 3], "train_per_class": 4, "test_per_class": 2},
+        "backbone": {"name": "vit_tiny_patch16_224", "weights": str(weights), "img_size": 32},
+        "train": {"batch_size": 4, "augment": False, "precision": "bf16"},
+        "cost": {"device_profiles": ["jetson_nano"], "step_peak_every": 0},
+        "methods": [{"name": name, **params} for name, params in PROMPT_METHODS.items()],
+    }
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    results = run(load_config(path), tmp_path / "out")
+    assert [r.run_name for r in results] == list(PROMPT_METHODS)
+    for res in results:
+        assert res.cost.flops.precision == {"train": "bf16", "eval": "bf16"}
+        assert len(res.accuracy.class_il.matrix) == 2

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from edgecl.backbones.attention_kernels import resolve_kernel
 from edgecl.backbones.registry import build_vit
@@ -91,6 +92,19 @@ def test_kernel_gradients_match_sdpa_bias_included(kernel):
         grads[name] = [t.grad for t in (q, k, v, bias)]
     for a, b in zip(grads["sdpa"], grads[kernel], strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("kernel", ["auto", "explicit", "recompute"])
+def test_fp32_prefix_under_bf16_autocast_trains(vit, images, kernel):
+    """A prefix (DualPrompt, CODA-Prompt) is an fp32 parameter while autocast computes the
+    projection in bf16: every kernel takes them together, and gradients reach the prefix."""
+    block = vit.blocks[0].attn
+    block.core = AttentionCore(kernel)
+    prefix = tuple(nn.Parameter(torch.randn(3, 2, 32)) for _ in range(2))
+    with torch.autocast("cpu", torch.bfloat16):
+        out = vit.forward_features(images, ViTHooks(prefix={0: prefix}))
+    out.tokens.float().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in prefix)
 
 
 def test_recompute_keeps_no_probability_matrix_for_backward():

@@ -47,8 +47,11 @@ def _sum_to(grad: Tensor, shape: torch.Size) -> Tensor:
 
 
 class RecomputedAttention(torch.autograd.Function):
+    """The ``recompute`` kernel: backward rebuilds the probabilities from the saved q, k."""
+
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+            ctx, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
         ctx.save_for_backward(q, k, v, bias)
         return probabilities(q, k, bias) @ v
 
@@ -75,6 +78,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None,
     chosen = resolve_kernel(kernel, q)
     if chosen == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    # one dtype for every operand, q's, as autocast would give the matmuls
+    k, v = k.to(q.dtype), v.to(q.dtype)
+    bias = None if bias is None else bias.to(q.dtype)
     if chosen == "explicit":
         return probabilities(q, k, bias) @ v
     with torch.autocast(q.device.type, enabled=False):  # compute in the inputs' dtype

@@ -148,7 +148,9 @@ class Attention(nn.Module):
         if sizes is not None:
             bias = sizes.log()[:, None, None, :].to(q.dtype)  # proportional attention
         if prefix is not None:
-            pk, pv = (self.split_heads(p.to(x.dtype)) for p in prefix)
+            # the dtype the projection computed in (bf16 under autocast, where x, a layer
+            # norm's output, stays fp32)
+            pk, pv = (self.split_heads(p.to(k.dtype)) for p in prefix)
             k = torch.cat([pk, k], dim=2)
             v = torch.cat([pv, v], dim=2)
             if bias is not None:  # prefix tokens have size 1: log 1 = 0
