@@ -4,6 +4,7 @@ device estimates at the precision that ran, and a real run in bf16."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -90,22 +91,30 @@ def test_config_validates_precision(tmp_path):
     assert cfg.train.precision == "bf16" and cfg.eval.precision is None
 
 
-def test_a_bf16_run_keeps_fp32_master_weights_and_records_its_precision(cifar100_root,
-                                                                       tmp_path):
+def bf16_tiny_vit_config(tmp_path, cifar100_root, name: str, methods: list[dict],
+                         **sections: dict) -> Path:
+    """A config file for a bf16 run on the 2-block, 32 px test ViT over two 2-class tasks;
+    ``sections`` add top-level entries (eval, optim, cost)."""
     weights = save_tiny_vit(tmp_path / "tiny.pth")
     tree = {
-        "name": "bf16", "seed": 3,
+        "name": name, "seed": 3,
         "data": {"dataset": "cifar100", "root": str(cifar100_root), "n_tasks": 2,
                  "class_order": [0, 1, 2, 3], "train_per_class": 4, "test_per_class": 2},
         "backbone": {"name": "vit_tiny_patch16_224", "weights": str(weights), "img_size": 32},
         "train": {"batch_size": 4, "augment": False, "precision": "bf16"},
-        "eval": {"precision": "fp32"},
-        "optim": {"name": "sgd", "lr": 0.01},
-        "cost": {"device_profiles": ["jetson_nano"]},
-        "methods": [{"name": "finetune"}],
+        **sections, "methods": methods,
     }
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def test_a_bf16_run_keeps_fp32_master_weights_and_records_its_precision(cifar100_root,
+                                                                       tmp_path):
+    path = bf16_tiny_vit_config(
+        tmp_path, cifar100_root, "bf16", [{"name": "finetune"}],
+        eval={"precision": "fp32"}, optim={"name": "sgd", "lr": 0.01},
+        cost={"device_profiles": ["jetson_nano"]})
     seen: list[set[torch.dtype]] = []
 
     class Dtypes(Callback):
@@ -144,18 +153,10 @@ PROMPT_METHODS = {  # parameters that fit the 2-block test ViT
 def test_every_prompt_method_trains_and_evaluates_in_bf16(cifar100_root, tmp_path):
     """Prompts, prefixes and keys are fp32 parameters while autocast computes the backbone in
     bf16 (and CPU bf16 attention runs the recompute kernel): each method must take both."""
-    weights = save_tiny_vit(tmp_path / "tiny.pth")
-    tree = {
-        "name": "bf16_prompts", "seed": 3,
-        "data": {"dataset": "cifar100", "root": str(cifar100_root), "n_tasks": 2,
-                 "class_order": [0, 1, 2, 3], "train_per_class": 4, "test_per_class": 2},
-        "backbone": {"name": "vit_tiny_patch16_224", "weights": str(weights), "img_size": 32},
-        "train": {"batch_size": 4, "augment": False, "precision": "bf16"},
-        "cost": {"device_profiles": ["jetson_nano"], "step_peak_every": 0},
-        "methods": [{"name": name, **params} for name, params in PROMPT_METHODS.items()],
-    }
-    path = tmp_path / "cfg.yaml"
-    path.write_text(yaml.safe_dump(tree))
+    path = bf16_tiny_vit_config(
+        tmp_path, cifar100_root, "bf16_prompts",
+        [{"name": name, **params} for name, params in PROMPT_METHODS.items()],
+        cost={"device_profiles": ["jetson_nano"], "step_peak_every": 0})
     results = run(load_config(path), tmp_path / "out")
     assert [r.run_name for r in results] == list(PROMPT_METHODS)
     for res in results:

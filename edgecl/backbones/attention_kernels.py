@@ -24,10 +24,14 @@ from torch import Tensor
 KERNELS = ("auto", "sdpa", "explicit", "recompute")
 
 
-def resolve_kernel(kernel: str, q: Tensor) -> str:
+def check_kernel(kernel: str) -> str:
     if kernel not in KERNELS:
         raise ValueError(f"attention kernel must be one of {KERNELS}, got {kernel!r}")
-    if kernel != "auto":
+    return kernel
+
+
+def resolve_kernel(kernel: str, q: Tensor) -> str:
+    if check_kernel(kernel) != "auto":
         return kernel
     reduced = q.dtype in (torch.bfloat16, torch.float16)
     return "recompute" if q.device.type == "cpu" and reduced else "sdpa"
@@ -38,12 +42,6 @@ def probabilities(q: Tensor, k: Tensor, bias: Tensor | None) -> Tensor:
     if bias is not None:
         scores = scores + bias
     return scores.softmax(dim=-1)
-
-
-def _sum_to(grad: Tensor, shape: torch.Size) -> Tensor:
-    """``grad`` summed over the dimensions that broadcasting expanded to reach it."""
-    dims = [i for i, (g, s) in enumerate(zip(grad.shape, shape, strict=True)) if s == 1 and g != 1]
-    return grad.sum(dim=dims, keepdim=True) if dims else grad
 
 
 class RecomputedAttention(torch.autograd.Function):
@@ -67,7 +65,7 @@ class RecomputedAttention(torch.autograd.Function):
         grad_k = (grad_scores.transpose(-2, -1) @ q) * scale
         grad_bias = None
         if bias is not None and ctx.needs_input_grad[3]:
-            grad_bias = _sum_to(grad_scores, bias.shape)
+            grad_bias = grad_scores.sum_to_size(bias.shape)  # undo the broadcast
         return grad_q, grad_k, grad_v, grad_bias
 
 

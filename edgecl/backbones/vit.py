@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from edgecl.backbones.attention_kernels import KERNELS, attention
+from edgecl.backbones.attention_kernels import attention, check_kernel
 
 # merge(layer, x, keys, sizes, n_protected) -> (x, sizes); keys are the layer's attention keys
 # averaged over heads, (B, N, head_dim), as ToMe uses for similarity.
@@ -109,9 +109,7 @@ class AttentionCore(nn.Module):
 
     def __init__(self, kernel: str = "auto") -> None:
         super().__init__()
-        if kernel not in KERNELS:
-            raise ValueError(f"attention kernel must be one of {KERNELS}, got {kernel!r}")
-        self.kernel = kernel
+        self.kernel = check_kernel(kernel)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
         return attention(q, k, v, bias, self.kernel)
