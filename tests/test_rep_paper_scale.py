@@ -10,6 +10,7 @@ from benchmarks.rep_paper_scale import (
     ald_fraction_run,
     at_batch,
     atom_token_blocks,
+    peak_explanation,
     trapezoid_mean,
 )
 from edgecl.efficiency.layer_drop import ALDConfig
@@ -39,3 +40,18 @@ def test_ald_fraction_without_decay_or_with_always_run_blocks():
     out = ald_fraction_run(4, [0] * 4, half, {0}, steps=100, draws=2000)
     assert out["t0"] == 1.0 and out["last"] == pytest.approx(0.25 + 0.75 * 0.5, abs=0.03)
     assert math.isfinite(out["mean"])
+
+
+def _pair(model: str, peak: float, mean: float) -> dict:
+    return {"model": model, "summary": {
+        "ald": {"t0": 1.0}, "atom": {"token_blocks_kept": 0.9},
+        "memory_peak": {"ratio": {"peak_b16": peak, "mean_b16": mean}}}}
+
+
+def test_peak_explanation_names_the_mean_step_ratio_closest_to_the_paper():
+    payload = {"paper_goals": {"memory": 0.59}, "pairs": [
+        _pair("vit_small_patch16_224", 0.96, 0.78), _pair("vit_large_patch16_224", 0.89, 0.61)]}
+    text = " ".join(peak_explanation(payload))
+    assert "ViT-S/16: blocks run at t = 0 1.00, token-blocks kept by AToM 0.90, peak 0.96" in text
+    assert "closest to the mean-step ratio at ViT-L/16 (0.61)" in text
+    assert peak_explanation({"pairs": []}) == []
