@@ -77,6 +77,21 @@ DEFAULT_METHODS = ["coda_prompt", "l2p", "dualprompt", "coda_prompt_rep", "l2p_r
 COMBINATION = "cps_prompt_rep"
 
 
+NOTES = [
+    "Targets: the combination (cps_prompt_rep: REP's swift selection and ALD "
+    "over CPS's sparse prompt phase and DPCT's head phase) against CODA-Prompt; "
+    "docs/methods/cps_prompt.md, 'Combined with REP'.",
+    "Step peak: the allocator-measured peak of the probed training steps "
+    "(cost.step_peak_every = 10); accounting: saved activations + parameters + "
+    "gradients + optimizer state + buffers of the largest step.",
+    "Why the combination's peak sits near 0.5: its peak step is a prompt-phase "
+    "step near the start of a task, where ALD still runs every block; CPS keeps "
+    "CLS and 98 of the 196 patches (reduction_ratio 0.5), 99 of 197 tokens in "
+    "every block, and AToM merges a few more, while the frozen weights, "
+    "prompts, optimizer state and input batch are the same as CODA-Prompt's."
+]
+
+
 def build_config(args: argparse.Namespace) -> RunConfig:
     return RunConfig.model_validate({
         "name": "prompt_efficiency", "seed": 42, "threads": args.threads,
@@ -203,17 +218,7 @@ def main() -> None:
                     "1 epoch, batch 16, ViT-Ti/16 at 224 px, no augmentation."),
         "methods": rows, "ratios": rel, "timing": timing, "targets": targets,
         "rep_paper_scale": paper,
-        "notes": ["Targets: the combination (cps_prompt_rep: REP's swift selection and ALD "
-                  "over CPS's sparse prompt phase and DPCT's head phase) against CODA-Prompt; "
-                  "docs/methods/cps_prompt.md, 'Combined with REP'.",
-                  "Step peak: the allocator-measured peak of the probed training steps "
-                  "(cost.step_peak_every = 10); accounting: saved activations + parameters + "
-                  "gradients + optimizer state + buffers of the largest step.",
-                  "Why the combination's peak sits near 0.5: its peak step is a prompt-phase "
-                  "step near the start of a task, where ALD still runs every block; CPS keeps "
-                  "CLS and 98 of the 196 patches (reduction_ratio 0.5), 99 of 197 tokens in "
-                  "every block, and AToM merges a few more, while the frozen weights, "
-                  "prompts, optimizer state and input batch are the same as CODA-Prompt's."],
+        "notes": NOTES,
     }
     write_result("prompt_efficiency", res)
     atomic_write_text(RESULTS / "prompt_efficiency.md", markdown(res))
