@@ -45,7 +45,9 @@ from benchmarks.common import (
 )
 from benchmarks.rep_paper_scale import ratio_rows
 from edgecl.config import RunConfig
+from edgecl.efficiency.patch_sampling import kept_patches
 from edgecl.io import atomic_write_text
+from edgecl.methods.cps_prompt import CpsPromptParams
 from edgecl.schema import RunResults
 
 MIB = 2**20
@@ -77,6 +79,9 @@ DEFAULT_METHODS = ["coda_prompt", "l2p", "dualprompt", "coda_prompt_rep", "l2p_r
 COMBINATION = "cps_prompt_rep"
 
 
+PATCHES = 196  # ViT-Ti/16 at 224 px
+REDUCTION = CpsPromptParams().reduction_ratio
+KEPT = kept_patches(PATCHES, REDUCTION)
 NOTES = [
     "Targets: the combination (cps_prompt_rep: REP's swift selection and ALD "
     "over CPS's sparse prompt phase and DPCT's head phase) against CODA-Prompt; "
@@ -86,7 +91,8 @@ NOTES = [
     "gradients + optimizer state + buffers of the largest step.",
     "Why the combination's peak sits near 0.5: its peak step is a prompt-phase "
     "step near the start of a task, where ALD still runs every block; CPS keeps "
-    "CLS and 98 of the 196 patches (reduction_ratio 0.5), 99 of 197 tokens in "
+    f"CLS and {KEPT} of the {PATCHES} patches (reduction_ratio {REDUCTION}), {KEPT + 1} of "
+    f"{PATCHES + 1} tokens in "
     "every block, and AToM merges a few more, while the frozen weights, "
     "prompts, optimizer state and input batch are the same as CODA-Prompt's."
 ]
