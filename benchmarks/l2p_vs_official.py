@@ -27,9 +27,11 @@ from typing import Any
 
 from benchmarks import official_side_by_side as sxs
 from benchmarks.common import RESULTS, table_lines, table_row, targets_section, write_result
+from edgecl.backbones.vit import RECOMPUTE_MODES
 from edgecl.io import atomic_write_text
 
 MIB = 2**20
+NO_RECOMPUTE = "edgecl_recompute_none"
 FIELDS = ("train_seconds", "eval_seconds", "wall_seconds", "peak_rss_bytes", "final_average",
           "final_average_ci95", "forgetting", "forgetting_with_final", "load_average_before",
           "load_average_after", "log")
@@ -89,9 +91,34 @@ def load_note(sides: dict[str, dict[str, Any]]) -> list[str]:
             "ratio is not a fair measurement; re-run this command on a quiet machine."]
 
 
+def recompute_note(sides: dict[str, dict[str, Any]]) -> list[str]:
+    """What ``train.recompute`` the edgecl rows ran with, and what it bought in this run."""
+    mode = sides["edgecl"].get("recompute") or "none"
+    if mode == "none":
+        return ["The edgecl rows run with `train.recompute: none` (autograd keeps what each "
+                "op saves)."]
+    note = (f"The `edgecl` and `edgecl_fp32` rows run with `train.recompute: {mode}`: each "
+            "ViT block keeps only its two residuals for backward and recomputes the layer "
+            "norms, qkv, attention, fc1 and GELU there (edgecl/backbones/recompute.py; the "
+            "gradients are the same up to summation order; the L2P method is unchanged)."
+            if mode == "all" else
+            f"The `edgecl` and `edgecl_fp32` rows run with `train.recompute: {mode}` "
+            "(edgecl/backbones/recompute.py).")
+    base = sides.get(NO_RECOMPUTE)
+    if base is not None:
+        ecl = sides["edgecl"]
+        t = ((ecl["train_seconds"] + ecl["eval_seconds"])
+             / (base["train_seconds"] + base["eval_seconds"]))
+        note += (f" The `{NO_RECOMPUTE}` row is the default-precision run without it: "
+                 f"recomputation changed the peak RSS by "
+                 f"{(ecl['peak_rss_bytes'] - base['peak_rss_bytes']) / MIB:+.0f} MiB and the "
+                 f"train + eval time by {t:.2f}x.")
+    return [note]
+
+
 def notes(sides: dict[str, dict[str, Any]]) -> list[str]:
     ecl = sides["edgecl"]
-    return load_note(sides) + [
+    return load_note(sides) + recompute_note(sides) + [
         f"Default precision: edgecl's `train.precision: auto` resolved to "
         f"{ecl['precision']['train']} on this CPU"
         + (" (bf16 is not native here), so the default-precision row is the fp32 run."
@@ -116,14 +143,17 @@ def notes(sides: dict[str, dict[str, Any]]) -> list[str]:
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     setup, protocol = sxs.setup_from(args, {"l2p": args.official_dir})
-    sides = sxs.run_pair("l2p", setup, protocol, args.out)
+    sides = sxs.run_pair("l2p", setup, protocol, args.out, train={"recompute": args.recompute})
+    if args.recompute != "none":  # what recomputation buys, in the same run
+        sides[NO_RECOMPUTE] = sxs.run_edgecl("l2p", protocol, args.out / NO_RECOMPUTE, "auto",
+                                             train={"recompute": "none"})
     return {
         "command": "python -m benchmarks.l2p_vs_official " + " ".join(sys.argv[1:]),
         "protocol": protocol.describe(),
         "official_command": " ".join(sxs.official_command("l2p", setup, protocol)),
         "sides": {name: {k: r[k] for k in FIELDS} | {
             "matrix": r["matrix"], "precision": r.get("precision", {"train": "fp32"}),
-            "printed": r.get("printed")}
+            "recompute": r.get("recompute"), "printed": r.get("printed")}
                   for name, r in sides.items()},
     }
 
@@ -134,6 +164,9 @@ def main() -> None:
                         default=Path("/work/scratch/l2p_sxs/l2p-pytorch"))
     sxs.add_setup_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path("runs/l2p_vs_official"))
+    parser.add_argument("--recompute", choices=RECOMPUTE_MODES, default="all",
+                        help="edgecl's train.recompute on its runs (default all); other than "
+                             "none, one more default-precision run without it is added")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite targets, notes and markdown from the measured sides "
                              "already in results/l2p_vs_official.json; run nothing")

@@ -199,9 +199,10 @@ def run_official(method: str, setup: OfficialSetup, protocol: Protocol, log: Pat
 
 # ---- the edgecl side --------------------------------------------------------------------
 def edgecl_config(method: str, protocol: Protocol, precision: str,
-                  params: dict[str, Any] | None = None) -> dict[str, Any]:
+                  params: dict[str, Any] | None = None,
+                  train: dict[str, Any] | None = None) -> dict[str, Any]:
     """The protocol config (configs/cifar100_<method>.yaml) reduced to ``protocol``;
-    ``params`` override the method's."""
+    ``params`` override the method's, ``train`` the train block's (e.g. ``recompute``)."""
     base = yaml.safe_load((REPO / "configs" / EDGECL_CONFIG[method]).read_text())
     entry = {**base["methods"][0], **(params or {})}
     entry["optim"] = {**entry["optim"], "lr": protocol.lr}
@@ -214,16 +215,17 @@ def edgecl_config(method: str, protocol: Protocol, precision: str,
         "backbone": {"name": "vit_tiny_patch16_224"},
         "train": {**base["train"], "epochs": protocol.epochs,
                   "batch_size": protocol.batch_size, "eval_batch_size": protocol.batch_size,
-                  "precision": precision},
+                  "precision": precision, **(train or {})},
         "methods": [entry],
     }
 
 
 def run_edgecl(method: str, protocol: Protocol, out: Path, precision: str,
-               params: dict[str, Any] | None = None) -> dict[str, Any]:
+               params: dict[str, Any] | None = None,
+               train: dict[str, Any] | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     config = out / "config_side_by_side.yaml"
-    config.write_text(yaml.safe_dump(edgecl_config(method, protocol, precision, params)))
+    config.write_text(yaml.safe_dump(edgecl_config(method, protocol, precision, params, train)))
     run_dir = out / "run"
     cmd = [sys.executable, "-m", "edgecl.cli", "run", "-c", str(config), "--out", str(run_dir),
            "-q"]
@@ -234,6 +236,7 @@ def run_edgecl(method: str, protocol: Protocol, out: Path, precision: str,
     summary = accuracy_summary(cil["matrix"], tests)
     return {**process, "train_seconds": secs["train_total"], "eval_seconds": secs["eval"],
             "precision": res["cost"]["flops"]["precision"], "matrix": cil["matrix"],
+            "recompute": res["config"]["train"].get("recompute", "none"),
             **summary, "edgecl_reported": {k: cil[k] for k in (
                 "final_average", "forgetting", "forgetting_with_final")}}
 
@@ -260,14 +263,16 @@ def accuracy_summary(matrix: list[list[float]], tests: list[int]) -> dict[str, A
 
 
 def run_pair(method: str, setup: OfficialSetup, protocol: Protocol, out: Path,
-             precision: str = "auto") -> dict[str, Any]:
+             precision: str = "auto", train: dict[str, Any] | None = None) -> dict[str, Any]:
     """Both sides of one method back to back; edgecl again at fp32 if ``precision`` did not
-    resolve to fp32 (on a CPU without native bf16, ``auto`` is fp32 and one run covers both)."""
+    resolve to fp32 (on a CPU without native bf16, ``auto`` is fp32 and one run covers both).
+    ``train``: edgecl train-block settings for both edgecl runs."""
     official = run_official(method, setup, protocol, out / "official.log")
-    edgecl = run_edgecl(method, protocol, out / "edgecl", precision)
+    edgecl = run_edgecl(method, protocol, out / "edgecl", precision, train=train)
     sides = {"official": official, "edgecl": edgecl}
     if edgecl["precision"].get("train") != "fp32":
-        sides["edgecl_fp32"] = run_edgecl(method, protocol, out / "edgecl_fp32", "fp32")
+        sides["edgecl_fp32"] = run_edgecl(method, protocol, out / "edgecl_fp32", "fp32",
+                                          train=train)
     return sides
 
 

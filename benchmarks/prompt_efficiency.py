@@ -55,6 +55,7 @@ DEVICE = "jetson_orin_nano_8gb"
 ADAM_CLIP = {"name": "adam", "betas": [0.9, 0.999], "grad_clip": 1.0, "reset_each_task": True}
 CODA_OPTIM = {"name": "adam", "lr": 1e-3, "reset_each_task": True, "lr_schedule": "cosine"}
 L2P_OPTIM = {**ADAM_CLIP, "lr": 0.03 * 16 / 256}
+RECOMPUTE = {"recompute": "all"}  # train.recompute (edgecl/backbones/recompute.py)
 METHODS: dict[str, dict[str, Any]] = {
     "coda_prompt": {"name": "coda_prompt", "optim": CODA_OPTIM},
     "cps_prompt": {"name": "cps_prompt", "phase_split": "steps",
@@ -62,12 +63,19 @@ METHODS: dict[str, dict[str, Any]] = {
     "cps_prompt_dense": {"name": "cps_prompt", "label": "cps_prompt_dense",
                          "phase_split": "steps", "critical_patches": False,
                          "optim": {**ADAM_CLIP, "lr": 1e-3}},
+    # the combination: cps_prompt_rep's flags and activation recomputation
     "cps_prompt_rep": {"name": "cps_prompt_rep", "phase_split": "steps",
-                       "optim": {**ADAM_CLIP, "lr": 1e-3}},
-    # the combination with AToM flipped from its default, for the AToM choice
+                       "optim": {**ADAM_CLIP, "lr": 1e-3}, "train": RECOMPUTE},
+    # the combination with AToM or ALD flipped from its default, for those choices
     "cps_prompt_rep_noatom": {"name": "cps_prompt_rep", "label": "cps_prompt_rep_noatom",
                               "phase_split": "steps", "atom": False,
-                              "optim": {**ADAM_CLIP, "lr": 1e-3}},
+                              "optim": {**ADAM_CLIP, "lr": 1e-3}, "train": RECOMPUTE},
+    "cps_prompt_rep_ald": {"name": "cps_prompt_rep", "label": "cps_prompt_rep_ald",
+                           "phase_split": "steps", "ald": True,
+                           "optim": {**ADAM_CLIP, "lr": 1e-3}, "train": RECOMPUTE},
+    # what recomputation alone does for the host
+    "coda_prompt_recompute": {"name": "coda_prompt", "label": "coda_prompt_recompute",
+                              "optim": CODA_OPTIM, "train": RECOMPUTE},
     "coda_prompt_rep": {"name": "coda_prompt_rep", "optim": CODA_OPTIM},
     "l2p": {"name": "l2p", "optim": L2P_OPTIM},
     "l2p_rep": {"name": "l2p_rep", "optim": L2P_OPTIM},
@@ -75,7 +83,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "dualprompt_rep": {"name": "dualprompt_rep", "optim": L2P_OPTIM},
 }
 DEFAULT_METHODS = ["coda_prompt", "l2p", "dualprompt", "coda_prompt_rep", "l2p_rep",
-                   "dualprompt_rep", "cps_prompt", "cps_prompt_rep"]
+                   "dualprompt_rep", "cps_prompt", "cps_prompt_rep", "cps_prompt_rep_ald",
+                   "coda_prompt_recompute"]
 COMBINATION = "cps_prompt_rep"
 
 
@@ -83,19 +92,35 @@ PATCHES = 196  # ViT-Ti/16 at 224 px
 REDUCTION = CpsPromptParams().reduction_ratio
 KEPT = kept_patches(PATCHES, REDUCTION)
 NOTES = [
-    "Targets: the combination (cps_prompt_rep: REP's swift selection and ALD "
-    "over CPS's sparse prompt phase and DPCT's head phase) against CODA-Prompt; "
-    "docs/methods/cps_prompt.md, 'Combined with REP'.",
+    "Targets: the combination (cps_prompt_rep: REP's swift selection and AToM over CPS's "
+    "sparse prompt phase and DPCT's head phase, with train.recompute: all) against "
+    "CODA-Prompt as its reference runs it (no recomputation); docs/methods/cps_prompt.md, "
+    "'Combined with REP'.",
     "Step peak: the allocator-measured peak of the probed training steps "
     "(cost.step_peak_every = 10); accounting: saved activations + parameters + "
     "gradients + optimizer state + buffers of the largest step.",
-    "Why the combination's peak sits near 0.5: its peak step is a prompt-phase "
-    "step near the start of a task, where ALD still runs every block; CPS keeps "
-    f"CLS and {KEPT} of the {PATCHES} patches (reduction_ratio {REDUCTION}), {KEPT + 1} of "
-    f"{PATCHES + 1} tokens in "
-    "every block, and AToM merges a few more, while the frozen weights, "
-    "prompts, optimizer state and input batch are the same as CODA-Prompt's."
+    f"CPS keeps CLS and {KEPT} of the {PATCHES} patches (reduction_ratio {REDUCTION}) in the "
+    "prompt phase's forward; the frozen weights, prompts, optimizer state and input batch "
+    "are the same as CODA-Prompt's.",
 ]
+
+
+def recompute_note(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """What recomputation alone buys the host, and the combination against that host."""
+    base, alone = rows.get("coda_prompt"), rows.get("coda_prompt_recompute")
+    combo = rows.get(COMBINATION)
+    if base is None or alone is None or not (base["step_peak_bytes"] and
+                                             alone["step_peak_bytes"]):
+        return []
+    note = ("train.recompute: all on CODA-Prompt alone (coda_prompt_recompute): step peak "
+            f"{alone['step_peak_bytes'] / base['step_peak_bytes']:.2f}x, training time "
+            f"{alone['train_seconds'] / base['train_seconds']:.2f}x, class-IL "
+            f"{alone['class_il_final'] - base['class_il_final']:+.1f} pts")
+    if combo is not None and combo["step_peak_bytes"]:
+        note += (f"; the combination against that run: step peak "
+                 f"{combo['step_peak_bytes'] / alone['step_peak_bytes']:.2f}x, training time "
+                 f"{combo['train_seconds'] / alone['train_seconds']:.2f}x")
+    return [note + "."]
 
 
 def build_config(args: argparse.Namespace) -> RunConfig:
@@ -224,7 +249,7 @@ def main() -> None:
                     "1 epoch, batch 16, ViT-Ti/16 at 224 px, no augmentation."),
         "methods": rows, "ratios": rel, "timing": timing, "targets": targets,
         "rep_paper_scale": paper,
-        "notes": NOTES,
+        "notes": NOTES + recompute_note(rows),
     }
     write_result("prompt_efficiency", res)
     atomic_write_text(RESULTS / "prompt_efficiency.md", markdown(res))

@@ -125,7 +125,7 @@ def test_atom_merges_on_top_of_the_sampled_tokens_by_the_schedule():
 
 
 def test_ald_drops_blocks_of_the_sparse_forward_only_and_keeps_prefix_blocks():
-    method = make(**BASE, ald_reference_steps=10**6)  # θ ≈ θ̄ = 0.5 from the second step
+    method = make(**BASE, ald=True, ald_reference_steps=10**6)  # θ ≈ θ̄ = 0.5 from the second step
     hooks: list[ViTHooks] = []
     forward_from = method.vit.forward_from
 
@@ -205,7 +205,7 @@ def play(method, begin: int, end: int) -> list[float]:
 # after a prompt step, before the first head step, at the task boundary, in task 1's head phase
 @pytest.mark.parametrize("stop", [0, 1, 3, 6])
 def test_resume_is_exact(stop):
-    params = {**BASE, "atom": True, "r_max": 2, "ald_reference_steps": 10**6,
+    params = {**BASE, "atom": True, "r_max": 2, "ald": True, "ald_reference_steps": 10**6,
               "cache_queries": True, "cache_head_features": True}
     full = make(**params)
     full_losses = play(full, 0, 8)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgecl.backbones.attention_kernels import attention, check_kernel
+from edgecl.backbones.recompute import recomputed
 
 # merge(layer, x, keys, sizes, n_protected) -> (x, sizes); keys are the layer's attention keys
 # averaged over heads, (B, N, head_dim), as ToMe uses for similarity.
@@ -60,6 +61,9 @@ VIT_PRESETS: dict[str, ViTConfig] = {
     "vit_base_patch16_224": ViTConfig(embed_dim=768, depth=12, num_heads=12),
     "vit_large_patch16_224": ViTConfig(embed_dim=1024, depth=24, num_heads=16),
 }
+
+
+RECOMPUTE_MODES = ("none", "mlp", "all")
 
 
 @dataclass
@@ -187,6 +191,17 @@ class Block(nn.Module):
         self.attn = Attention(cfg)
         self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         self.mlp = Mlp(cfg)
+        self.recompute = "none"  # VisionTransformer.set_recompute
+
+    def attention_branch(self, x: Tensor, pk: Tensor | None, pv: Tensor | None,
+                         sizes: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The attention output and the head-averaged keys token merging matches on."""
+        prefix = None if pk is None or pv is None else (pk, pv)
+        out, keys = self.attn(self.norm1(x), prefix=prefix, sizes=sizes)
+        return out, keys.mean(dim=1)
+
+    def mlp_hidden(self, x: Tensor) -> Tensor:
+        return self.mlp.act(self.mlp.fc1(self.norm2(x)))
 
     def forward(
         self,
@@ -199,13 +214,23 @@ class Block(nn.Module):
         n_protected: int = 1,
         significance: list[Tensor] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        attn_out, keys = self.attn(self.norm1(x), prefix=prefix, sizes=sizes,
-                                   significance=significance)
+        recompute = self.recompute != "none" and torch.is_grad_enabled() and x.requires_grad
+        if recompute and self.recompute == "all" and significance is None:
+            pk, pv = prefix or (None, None)
+            params = [*self.norm1.parameters(), *self.attn.parameters()]
+            attn_out, mean_keys = recomputed(self.attention_branch, (x, pk, pv, sizes), params)
+        else:
+            attn_out, keys = self.attn(self.norm1(x), prefix=prefix, sizes=sizes,
+                                       significance=significance)
+            mean_keys = keys.mean(dim=1) if merge is not None else None
         x = x + attn_out
-        if merge is not None:
+        if merge is not None and mean_keys is not None:
             if sizes is None:
                 sizes = x.new_ones(x.shape[:2])
-            x, sizes = merge(layer, x, keys.mean(dim=1), sizes, n_protected)
+            x, sizes = merge(layer, x, mean_keys, sizes, n_protected)
+        if recompute:
+            params = [*self.norm2.parameters(), *self.mlp.fc1.parameters()]
+            return x + self.mlp.fc2(recomputed(self.mlp_hidden, (x,), params)), sizes
         return x + self.mlp(self.norm2(x)), sizes
 
 
@@ -226,6 +251,16 @@ class VisionTransformer(nn.Module):
     @property
     def embed_dim(self) -> int:
         return self.cfg.embed_dim
+
+    def set_recompute(self, mode: str) -> None:
+        """``mlp``: every block keeps only its residual for the MLP branch's backward and
+        recomputes layer norm, fc1 and GELU there (edgecl/backbones/recompute.py); ``all``:
+        the attention branch too (layer norm, qkv, attention and projection; not in a block
+        that reports CPS significance); ``none``: autograd keeps what each op saves."""
+        if mode not in RECOMPUTE_MODES:
+            raise ValueError(f"recompute must be one of {RECOMPUTE_MODES}, got {mode!r}")
+        for block in self.blocks:
+            block.recompute = mode
 
     @property
     def depth(self) -> int:

@@ -164,6 +164,10 @@ class TrainConfig(Strict):
     # matmuls/convolutions under autocast, fp32 master weights (edgecl/efficiency/precision.py);
     # auto: bf16 where the hardware computes it natively and faster, else fp32
     precision: Precision = "fp32"
+    # mlp: a ViT's blocks keep only their residual for the MLP branch and recompute layer
+    # norm, fc1 and GELU in backward (edgecl/backbones/recompute.py); all: the attention
+    # branch too. Exact gradients, less activation memory, more forward work in backward
+    recompute: Literal["none", "mlp", "all"] = "none"
 
     @field_validator("crop_scale")
     @classmethod

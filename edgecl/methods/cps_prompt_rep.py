@@ -11,12 +11,13 @@ every flag of both keeps its meaning (docs/methods/cps_prompt.md, "Combined with
   update model's grid (14 x 14) by :func:`~edgecl.efficiency.patch_sampling.
   resize_significance` (``significance_resize``: nearest, mass-preserving). Off: CPS's own
   dense pass of the update model at full resolution.
-- ``ald`` / ``atom`` (both on; AToM because with it the sparse step measured lower peak
-  memory, FLOPs and time on ViT-Ti): act on the sparse prompt-phase forward (REP's
-  ``vit_hooks``); the
-  head phase's dense features stay un-merged and un-dropped, as at inference. ALD's clock
-  counts every training step, head-phase steps included; its τ counts AToM's merges only,
-  not the patches CPS left out before block 0.
+- ``atom`` (on: with it the sparse step measured lower peak memory, FLOPs and time on
+  ViT-Ti, at no measured accuracy cost) and ``ald`` (off: on the 50/50 profile of
+  benchmarks/prompt_efficiency.py it cost the combination about 2.6 points for little time;
+  docs/methods/cps_prompt.md): act on the sparse prompt-phase forward (REP's ``vit_hooks``);
+  the head phase's dense features stay un-merged and un-dropped, as at inference. ALD's
+  clock counts every training step, head-phase steps included; its τ counts AToM's merges
+  only, not the patches CPS left out before block 0.
 - ``cache_queries`` (off: one epoch per task never hits it, and protocols augment): with
   critical-score sampling the cache holds each image's query *and*
   coarse significance, both from the un-augmented view; that is only right when the
@@ -49,6 +50,7 @@ class CpsPromptREPParams(REPParams, CpsPromptParams):
     # per-sample query + significance of the un-augmented view; pays from the second epoch
     cache_queries: bool = False
     atom: bool = True  # measured on ViT-Ti: lower peak memory, FLOPs and step time
+    ald: bool = False  # measured on the 50/50 profile: -2.6 points for little time
     significance_resize: SignificanceResize = "nearest"
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from edgecl.backbones.registry import Backbone, create_backbone, default_img_size
+from edgecl.backbones.vit import VisionTransformer
 from edgecl.config import MethodSpec, RunConfig, TrainConfig
 from edgecl.data.base import resolve_data_root
 from edgecl.data.loader import num_batches
@@ -97,6 +98,14 @@ def steps_in_task(n_train: int, train: TrainConfig) -> int:
     return min(total, train.max_steps_per_task) if train.max_steps_per_task else total
 
 
+def set_recompute(backbone: nn.Module, mode: str) -> None:
+    if isinstance(backbone, VisionTransformer):
+        backbone.set_recompute(mode)
+    elif mode != "none":
+        raise ConfigError(f"train.recompute: {mode} needs a ViT backbone, not "
+                          f"{type(backbone).__name__}; use recompute: none")
+
+
 def task_steps(cfg: RunConfig, spec: MethodSpec, scenario: Scenario) -> list[int]:
     """Training steps of each task for this method (its own train block, its own data)."""
     cumulative = method_class(spec.name).trains_on_all_seen_data
@@ -152,6 +161,7 @@ def setup_method(
                   for t in range(len(scenario.tasks))]
     n_steps = [steps_in_task(len(ix), train_cfg) for ix in task_train]
     backbone = copy.deepcopy(bundle.module).to(device)
+    set_recompute(backbone, train_cfg.recompute)
     train_precision = precision.resolve(train_cfg.precision, device)
     eval_precision = precision.resolve(cfg.eval.precision or train_cfg.precision, device)
     info = BenchmarkInfo(

@@ -1,0 +1,27 @@
+"""benchmarks/prompt_efficiency.py's derived notes and targets (hand-made rows)."""
+
+from __future__ import annotations
+
+from benchmarks.prompt_efficiency import combination_targets, ratios, recompute_note
+
+
+def row(acc: float, seconds: float, peak: int) -> dict:
+    return {"class_il_final": acc, "train_seconds": seconds, "train_flops": 1,
+            "step_peak_bytes": peak, "accounting_peak_bytes": peak, "energy_joules": 1.0}
+
+
+ROWS = {"coda_prompt": row(31.0, 100.0, 400), "coda_prompt_recompute": row(31.0, 110.0, 200),
+        "cps_prompt_rep": row(30.5, 40.0, 100)}
+
+
+def test_recompute_note_compares_the_host_with_itself_and_the_combination_with_it():
+    (note,) = recompute_note(ROWS)
+    assert "step peak 0.50x, training time 1.10x, class-IL +0.0 pts" in note
+    assert "the combination against that run: step peak 0.50x, training time 0.36x" in note
+    assert recompute_note({"coda_prompt": ROWS["coda_prompt"]}) == []
+
+
+def test_combination_targets_use_the_step_peak_and_the_accuracy_delta():
+    targets = combination_targets(ROWS, ratios(ROWS, "coda_prompt"))
+    assert [(t["measured"], t["met"]) for t in targets] == [(0.25, True), (0.4, True),
+                                                            (-0.5, True)]
