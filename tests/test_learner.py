@@ -353,3 +353,13 @@ def test_the_training_thread_waits_before_each_layers_backward_while_a_predictio
     worker.join(timeout=5)
     assert finished.is_set() and gate.waits == 1
     assert model[0].weight.grad is not None
+
+
+def test_a_recomputing_training_copy_trains_and_predicts(one_thread, tiny_weights, tmp_path):
+    with Learner(tmp_path, config(tiny_weights, recompute="all")) as learner:
+        blocks = learner.trainer_engine.backbone.blocks
+        assert {b.recompute for b in blocks} == {"all"}
+        learner.add(images(8, 0), ["cat"] * 4 + ["dog"] * 4)
+        status = settle(learner)
+        assert status["samples_trained"] == 8 and status["train_steps"] >= 2
+        assert len(learner.predict(images(2, 2))["predictions"]) == 2

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from benchmarks.prompt_efficiency import combination_targets, ratios, recompute_note
+from benchmarks.prompt_efficiency import (
+    combination_targets,
+    ratios,
+    recompute_note,
+    seed_deltas,
+    seed_lines,
+)
 
 
 def row(acc: float, seconds: float, peak: int) -> dict:
@@ -25,3 +31,18 @@ def test_combination_targets_use_the_step_peak_and_the_accuracy_delta():
     targets = combination_targets(ROWS, ratios(ROWS, "coda_prompt"))
     assert [(t["measured"], t["met"]) for t in targets] == [(0.25, True), (0.4, True),
                                                             (-0.5, True)]
+
+
+def test_the_accuracy_target_is_the_mean_of_the_paired_seed_deltas():
+    seeds = seed_deltas("cps_prompt_rep", {
+        42: {"coda_prompt": 31.0, "cps_prompt_rep": 30.5},
+        43: {"coda_prompt": 30.0, "cps_prompt_rep": 28.0},
+        44: {"coda_prompt": 32.0, "cps_prompt_rep": 31.0}})
+    assert seeds["deltas"] == [-0.5, -2.0, -1.0]
+    assert seeds["mean_delta"] == -3.5 / 3
+    # squared deviations from -7/6 sum to 7/6, so sd = sqrt(7/12); t(2 dof) = 4.303
+    assert abs(seeds["mean_delta_ci95"] - 4.303 * (7 / 12) ** 0.5 / 3 ** 0.5) < 1e-3
+    accuracy = combination_targets(ROWS, ratios(ROWS, "coda_prompt"), seeds)[2]
+    assert accuracy["name"].endswith("mean over 3 seeds")
+    assert (accuracy["measured"], accuracy["met"]) == (-3.5 / 3, False)
+    assert seed_lines(seeds)[-1] == "| mean |  |  | -1.2 ± 1.9 |"

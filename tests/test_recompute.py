@@ -129,5 +129,28 @@ def test_no_grad_and_unknown_modes():
 
 def test_recompute_needs_a_vit_backbone():
     set_recompute(build_cifar_resnet(20, None, None), "none")
-    with pytest.raises(ConfigError, match="needs a ViT backbone"):
+    with pytest.raises(ConfigError, match="train.recompute: mlp needs a ViT backbone"):
         set_recompute(build_cifar_resnet(20, None, None), "mlp")
+    with pytest.raises(ConfigError, match="^recompute: all needs a ViT backbone"):
+        set_recompute(build_cifar_resnet(20, None, None), "all", key="recompute")
+
+
+def test_trainable_blocks_over_a_frozen_input_recompute_too():
+    # latent replay: the input to the trainable blocks is a stored latent (no gradient)
+    vit = VisionTransformer(SMALL)
+    latent = torch.randn(2, 17, 48)
+    grads, saved = {}, {}
+    for mode in ("none", "all"):
+        model = copy.deepcopy(vit)
+        model.set_recompute(mode)
+        mem = StepMemory({p.untyped_storage().data_ptr() for p in model.parameters()})
+        with torch.autograd.graph.saved_tensors_hooks(mem.pack, lambda t: t):
+            x = latent
+            for block in model.blocks:
+                x, _ = block(x)
+        x[:, 0].pow(2).sum().backward()
+        grads[mode] = [p.grad for p in model.blocks.parameters()]
+        saved[mode] = mem.saved_bytes
+    for a, b in zip(grads["all"], grads["none"], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert saved["all"] < saved["none"]

@@ -214,7 +214,8 @@ class Block(nn.Module):
         n_protected: int = 1,
         significance: list[Tensor] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        recompute = self.recompute != "none" and torch.is_grad_enabled() and x.requires_grad
+        recompute = self.recompute != "none" and torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in self.parameters()))
         if recompute and self.recompute == "all" and significance is None:
             pk, pv = prefix or (None, None)
             params = [*self.norm1.parameters(), *self.attn.parameters()]

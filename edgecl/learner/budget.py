@@ -62,7 +62,8 @@ def calibration_config(cfg: LearnerConfig) -> RunConfig:
                  "n_tasks": CALIBRATION_TASKS, "train_per_class": per_class,
                  "test_per_class": 1},
         "backbone": cfg.backbone.model_dump(),
-        "train": {"batch_size": cfg.batch_size, "epochs": 1, "augment": False},
+        "train": {"batch_size": cfg.batch_size, "epochs": 1, "augment": False,
+                  "recompute": cfg.recompute},
         "optim": cfg.optim.model_dump(),
         "methods": [cfg.method.model_dump(mode="json")],
     })

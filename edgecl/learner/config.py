@@ -90,6 +90,9 @@ class LearnerConfig(Strict):
     optim: OptimConfig = OptimConfig(name="sgd", lr=0.01, momentum=0.9)
     batch_size: int = Field(16, ge=1)
     epochs: int = Field(1, ge=1)  # passes over each task
+    # a ViT's training copy recomputes block activations in backward (train.recompute of a
+    # run config, docs/measurement.md); the planner calibrates with it
+    recompute: Literal["none", "mlp", "all"] = "none"
     boundary: BoundaryConfig = BoundaryConfig()
     memory: MemoryConfig = MemoryConfig()
     budget: BudgetConfig = BudgetConfig()

@@ -18,6 +18,7 @@ from edgecl.methods import method_class
 from edgecl.methods.base import BenchmarkInfo, Method, TaskInfo
 from edgecl.metrics.cost import CostMeter
 from edgecl.runner import checkpoint
+from edgecl.runner.build import set_recompute
 
 # Methods that size per-task structures (CODA-Prompt's pool, REP's layer-drop clock) read
 # these; an online stream has no declared length, so the learner assumes one.
@@ -49,6 +50,7 @@ class Engine:
             steps_per_task=[EXPECTED_STEPS_PER_TASK] * EXPECTED_TASKS,
             input_size=bundle.img_size)
         backbone = copy.deepcopy(bundle.module).to(device)
+        set_recompute(backbone, cfg.recompute, key="recompute")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             self.method.setup(backbone, info)

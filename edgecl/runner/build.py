@@ -98,12 +98,12 @@ def steps_in_task(n_train: int, train: TrainConfig) -> int:
     return min(total, train.max_steps_per_task) if train.max_steps_per_task else total
 
 
-def set_recompute(backbone: nn.Module, mode: str) -> None:
+def set_recompute(backbone: nn.Module, mode: str, key: str = "train.recompute") -> None:
     if isinstance(backbone, VisionTransformer):
         backbone.set_recompute(mode)
     elif mode != "none":
-        raise ConfigError(f"train.recompute: {mode} needs a ViT backbone, not "
-                          f"{type(backbone).__name__}; use recompute: none")
+        raise ConfigError(f"{key}: {mode} needs a ViT backbone, not "
+                          f"{type(backbone).__name__}; use {key}: none")
 
 
 def task_steps(cfg: RunConfig, spec: MethodSpec, scenario: Scenario) -> list[int]:
