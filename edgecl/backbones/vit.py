@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +64,8 @@ VIT_PRESETS: dict[str, ViTConfig] = {
 }
 
 
-RECOMPUTE_MODES = ("none", "mlp", "all")
+RecomputeMode = Literal["none", "mlp", "all"]  # VisionTransformer.set_recompute
+RECOMPUTE_MODES: tuple[str, ...] = get_args(RecomputeMode)
 
 
 @dataclass
@@ -253,7 +255,7 @@ class VisionTransformer(nn.Module):
     def embed_dim(self) -> int:
         return self.cfg.embed_dim
 
-    def set_recompute(self, mode: str) -> None:
+    def set_recompute(self, mode: RecomputeMode) -> None:
         """``mlp``: every block keeps only its residual for the MLP branch's backward and
         recomputes layer norm, fc1 and GELU there (edgecl/backbones/recompute.py); ``all``:
         the attention branch too (layer norm, qkv, attention and projection; not in a block

@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from edgecl.backbones.registry import backbone_entry
+from edgecl.backbones.vit import RecomputeMode
 from edgecl.data.registry import dataset_entry
 from edgecl.data.transforms import AugmentPolicy, TestResize
 from edgecl.efficiency.precision import Precision
@@ -167,7 +168,7 @@ class TrainConfig(Strict):
     # mlp: a ViT's blocks keep only their residual for the MLP branch and recompute layer
     # norm, fc1 and GELU in backward (edgecl/backbones/recompute.py); all: the attention
     # branch too. Exact gradients, less activation memory, more forward work in backward
-    recompute: Literal["none", "mlp", "all"] = "none"
+    recompute: RecomputeMode = "none"
 
     @field_validator("crop_scale")
     @classmethod

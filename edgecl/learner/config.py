@@ -9,6 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from edgecl.backbones.vit import RecomputeMode
 from edgecl.config.models import BackboneConfig, MethodSpec, Strict, format_errors
 from edgecl.errors import ConfigError
 from edgecl.learner.memory import Eviction, Migration
@@ -92,7 +93,7 @@ class LearnerConfig(Strict):
     epochs: int = Field(1, ge=1)  # passes over each task
     # a ViT's training copy recomputes block activations in backward (train.recompute of a
     # run config, docs/measurement.md); the planner calibrates with it
-    recompute: Literal["none", "mlp", "all"] = "none"
+    recompute: RecomputeMode = "none"
     boundary: BoundaryConfig = BoundaryConfig()
     memory: MemoryConfig = MemoryConfig()
     budget: BudgetConfig = BudgetConfig()

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from edgecl.backbones.registry import Backbone, create_backbone, default_img_size
-from edgecl.backbones.vit import VisionTransformer
+from edgecl.backbones.vit import RecomputeMode, VisionTransformer
 from edgecl.config import MethodSpec, RunConfig, TrainConfig
 from edgecl.data.base import resolve_data_root
 from edgecl.data.loader import num_batches
@@ -98,7 +98,8 @@ def steps_in_task(n_train: int, train: TrainConfig) -> int:
     return min(total, train.max_steps_per_task) if train.max_steps_per_task else total
 
 
-def set_recompute(backbone: nn.Module, mode: str, key: str = "train.recompute") -> None:
+def set_recompute(backbone: nn.Module, mode: RecomputeMode,
+                  key: str = "train.recompute") -> None:
     if isinstance(backbone, VisionTransformer):
         backbone.set_recompute(mode)
     elif mode != "none":
