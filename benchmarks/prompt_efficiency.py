@@ -9,7 +9,8 @@ Profile (default; ``--tasks``, ``--train-per-class``, ``--test-per-class``): the
 protocol optimizer (CODA: Adam 1e-3, cosine per task; CPS: Adam 1e-3, clip 1.0, as its
 reference; L2P/DualPrompt: Adam 0.03 x 16 / 256, clip 1.0; a +REP run keeps its host's).
 CPS-Prompt and CPS-Prompt + REP split each task's steps (``phase_split: steps``: at 1 epoch
-the reference's epoch split leaves no prompt epoch).
+the reference's epoch split leaves no prompt epoch); the combination gives the prompt phase
+``COMBINATION_PHASE_RATIO`` of them, CPS-Prompt the reference's 0.4.
 
 For each method: class-IL final average accuracy with its 95 % interval (from the number of
 test images), forgetting, training time, training FLOPs, peak training memory as the real
@@ -17,9 +18,11 @@ per-step peak (``cost.step_peak_every``, allocator-measured) and as the accounti
 and a Jetson Orin Nano energy estimate. Targets: the combination's (``cps_prompt_rep``; else
 CPS-Prompt's) ratios to CODA-Prompt against the goal (≤ 0.5x memory and time at accuracy
 within 1 point); the accuracy target is the mean over ``--seeds`` (default 42, 43, 44) of the
-paired per-seed deltas, the later seeds rerunning only CODA-Prompt and the combination, since
-one seed's gap here is about as wide as the goal. The markdown's second table is REP's
-paper-scale ratios, read from results/rep_paper_scale.json when present
+paired per-seed deltas, the later seeds rerunning only CODA-Prompt, the combination and its
+control, since one seed's gap here is about as wide as the goal. The control
+(``cps_prompt_rep_head_only``: phase_ratio 0, so CODA's prompts stay at their initialisation
+and only the head trains) shows what prompt training adds on this profile. The markdown's
+second table is REP's paper-scale ratios, read from results/rep_paper_scale.json when present
 (``benchmarks/rep_paper_scale.py``; not re-run here), whose targets are appended to this
 file's.
 
@@ -61,6 +64,13 @@ ADAM_CLIP = {"name": "adam", "betas": [0.9, 0.999], "grad_clip": 1.0, "reset_eac
 CODA_OPTIM = {"name": "adam", "lr": 1e-3, "reset_each_task": True, "lr_schedule": "cosine"}
 L2P_OPTIM = {**ADAM_CLIP, "lr": 0.03 * 16 / 256}
 RECOMPUTE = {"recompute": "all"}  # train.recompute (edgecl/backbones/recompute.py)
+# DPCT's share of prompt steps in the combination at one epoch per task (phase_split: steps),
+# chosen on the held-out classes 50-99 (docs/methods/cps_prompt.md, "Phase ratio at one
+# epoch"); CPS-Prompt alone keeps the reference's 0.4
+COMBINATION_PHASE_RATIO = 0.1
+COMBINATION_CONFIG: dict[str, Any] = {
+    "name": "cps_prompt_rep", "phase_split": "steps", "phase_ratio": COMBINATION_PHASE_RATIO,
+    "optim": {**ADAM_CLIP, "lr": 1e-3}, "train": RECOMPUTE}
 METHODS: dict[str, dict[str, Any]] = {
     "coda_prompt": {"name": "coda_prompt", "optim": CODA_OPTIM},
     "cps_prompt": {"name": "cps_prompt", "phase_split": "steps",
@@ -68,16 +78,16 @@ METHODS: dict[str, dict[str, Any]] = {
     "cps_prompt_dense": {"name": "cps_prompt", "label": "cps_prompt_dense",
                          "phase_split": "steps", "critical_patches": False,
                          "optim": {**ADAM_CLIP, "lr": 1e-3}},
-    # the combination: cps_prompt_rep's flags and activation recomputation
-    "cps_prompt_rep": {"name": "cps_prompt_rep", "phase_split": "steps",
-                       "optim": {**ADAM_CLIP, "lr": 1e-3}, "train": RECOMPUTE},
+    # the combination: cps_prompt_rep's flags, its phase split for one epoch, recomputation
+    "cps_prompt_rep": COMBINATION_CONFIG,
     # the combination with AToM or ALD flipped from its default, for those choices
-    "cps_prompt_rep_noatom": {"name": "cps_prompt_rep", "label": "cps_prompt_rep_noatom",
-                              "phase_split": "steps", "atom": False,
-                              "optim": {**ADAM_CLIP, "lr": 1e-3}, "train": RECOMPUTE},
-    "cps_prompt_rep_ald": {"name": "cps_prompt_rep", "label": "cps_prompt_rep_ald",
-                           "phase_split": "steps", "ald": True,
-                           "optim": {**ADAM_CLIP, "lr": 1e-3}, "train": RECOMPUTE},
+    "cps_prompt_rep_noatom": {**COMBINATION_CONFIG, "label": "cps_prompt_rep_noatom",
+                              "atom": False},
+    "cps_prompt_rep_ald": {**COMBINATION_CONFIG, "label": "cps_prompt_rep_ald", "ald": True},
+    # the control: no prompt step at all, CODA's prompts stay at their initialisation and only
+    # the head trains (on the dense prompted features): what prompt training adds here
+    "cps_prompt_rep_head_only": {**COMBINATION_CONFIG, "label": "cps_prompt_rep_head_only",
+                                 "phase_ratio": 0.0},
     # what recomputation alone does for the host
     "coda_prompt_recompute": {"name": "coda_prompt", "label": "coda_prompt_recompute",
                               "optim": CODA_OPTIM, "train": RECOMPUTE},
@@ -89,8 +99,9 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 DEFAULT_METHODS = ["coda_prompt", "l2p", "dualprompt", "coda_prompt_rep", "l2p_rep",
                    "dualprompt_rep", "cps_prompt", "cps_prompt_rep", "cps_prompt_rep_ald",
-                   "coda_prompt_recompute"]
+                   "cps_prompt_rep_head_only", "coda_prompt_recompute"]
 COMBINATION = "cps_prompt_rep"
+CONTROL = "cps_prompt_rep_head_only"
 
 
 PATCHES = 196  # ViT-Ti/16 at 224 px
@@ -189,8 +200,9 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append(table_row([name] + [f"{r[k]:.2f}" if k in r else "n/a" for k in (
             "train_seconds", "train_flops", "step_peak_bytes", "accounting_peak_bytes",
             "energy_joules")]))
-    if res.get("seeds") is not None:
-        lines += seed_lines(res["seeds"])
+    for key in ("seeds", "control_seeds"):
+        if res.get(key) is not None:
+            lines += seed_lines(res[key])
     lines += targets_section(res["targets"])
     lines += ["", *res["notes"]]
     return "\n".join(lines) + "\n"
@@ -230,7 +242,8 @@ def seed_deltas(name: str, per_seed: dict[int, dict[str, float]]) -> dict[str, A
 def seed_lines(seeds: dict[str, Any]) -> list[str]:
     name = seeds["name"]
     lines = ["", f"Class-IL final accuracy (%) of CODA-Prompt and {name} at every seed (the "
-             "first is the run above; the others rerun only this pair):", "",
+             "first is the run above; the others rerun only CODA-Prompt, the combination and "
+             "its head-only control):", "",
              *table_lines(["seed", "coda_prompt", name, "delta (pts)"])]
     for (seed, p), d in zip(seeds["per_seed"].items(), seeds["deltas"], strict=True):
         lines.append(table_row([seed, f"{p['coda_prompt']:.1f}", f"{p[name]:.1f}",
@@ -275,14 +288,17 @@ def main() -> None:
     rows = {r.run_name: summary(r) for r in results}
     rel = ratios(rows, "coda_prompt")
     pair = ["coda_prompt", COMBINATION if COMBINATION in rows else "cps_prompt"]
-    seeds = None
+    rerun = pair + [CONTROL] * (CONTROL in rows)
+    seeds = control = None
     if others and pair[1] in rows:
-        per_seed = {first: {m: rows[m]["class_il_final"] for m in pair}}
+        per_seed = {first: {m: rows[m]["class_il_final"] for m in rerun}}
         for seed in others:
-            more, _ = timed_run(build_config(args, seed, pair), args.out / f"seed{seed}",
+            more, _ = timed_run(build_config(args, seed, rerun), args.out / f"seed{seed}",
                                 args.resume)
             per_seed[seed] = {r.run_name: r.accuracy.class_il.final_average for r in more}
         seeds = seed_deltas(pair[1], per_seed)
+        if CONTROL in rows:
+            control = seed_deltas(CONTROL, per_seed)
     targets = combination_targets(rows, rel, seeds)
     paper = paper_scale()
     if paper is not None:
@@ -293,7 +309,8 @@ def main() -> None:
                     f"{10 * args.tasks - 1}), {args.train_per_class} training and "
                     f"{args.test_per_class} test images per class (the first in file order), "
                     "1 epoch, batch 16, ViT-Ti/16 at 224 px, no augmentation."),
-        "methods": rows, "ratios": rel, "timing": timing, "seeds": seeds, "targets": targets,
+        "methods": rows, "ratios": rel, "timing": timing, "seeds": seeds,
+        "control_seeds": control, "targets": targets,
         "rep_paper_scale": paper,
         "notes": NOTES + recompute_note(rows),
     }

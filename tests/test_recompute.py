@@ -154,3 +154,29 @@ def test_trainable_blocks_over_a_frozen_input_recompute_too():
     for a, b in zip(grads["all"], grads["none"], strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert saved["all"] < saved["none"]
+
+
+def test_a_trainable_prefix_over_a_frozen_input_recomputes_its_block():
+    # CODA-Prompt's block 0: frozen weights and input, only the prefix takes a gradient; one
+    # block, so what it saves is block 0's alone
+    vit = VisionTransformer(ViTConfig(img_size=32, patch_size=8, embed_dim=48, depth=1,
+                                      num_heads=3))
+    for p in vit.parameters():
+        p.requires_grad_(False)
+    g = torch.Generator().manual_seed(3)
+    images = torch.randn(2, 3, 32, 32, generator=g)
+    prefix = [torch.randn(2, 3, 48, generator=g) for _ in range(2)]
+    grads, saved = {}, {}
+    for mode in ("none", "mlp", "all"):
+        model = copy.deepcopy(vit)
+        model.set_recompute(mode)
+        key, value = (t.clone().requires_grad_() for t in prefix)
+        mem = StepMemory({p.untyped_storage().data_ptr() for p in model.parameters()})
+        with torch.autograd.graph.saved_tensors_hooks(mem.pack, lambda t: t):
+            out = model.forward_features(images, ViTHooks(prefix={0: (key, value)}))
+        grads[mode] = torch.autograd.grad(out.cls.pow(2).sum(), [key, value])
+        saved[mode] = mem.saved_bytes
+    for mode in ("mlp", "all"):
+        for a, b in zip(grads[mode], grads["none"], strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert saved["all"] < saved["mlp"] < saved["none"]

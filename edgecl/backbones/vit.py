@@ -216,8 +216,10 @@ class Block(nn.Module):
         n_protected: int = 1,
         significance: list[Tensor] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
+        # a trainable prefix counts: block 0 of CODA/DualPrompt has a frozen input and weights
         recompute = self.recompute != "none" and torch.is_grad_enabled() and (
-            x.requires_grad or any(p.requires_grad for p in self.parameters()))
+            x.requires_grad or any(p.requires_grad for p in self.parameters())
+            or (prefix is not None and any(t.requires_grad for t in prefix)))
         if recompute and self.recompute == "all" and significance is None:
             pk, pv = prefix or (None, None)
             params = [*self.norm1.parameters(), *self.attn.parameters()]

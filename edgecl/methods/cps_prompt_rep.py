@@ -13,11 +13,12 @@ every flag of both keeps its meaning (docs/methods/cps_prompt.md, "Combined with
   dense pass of the update model at full resolution.
 - ``atom`` (on: with it the sparse step measured lower peak memory, FLOPs and time on
   ViT-Ti, at no measured accuracy cost) and ``ald`` (off: on the 50/50 profile of
-  benchmarks/prompt_efficiency.py it cost the combination about 2.6 points for little time;
-  docs/methods/cps_prompt.md): act on the sparse prompt-phase forward (REP's ``vit_hooks``);
-  the head phase's dense features stay un-merged and un-dropped, as at inference. ALD's
-  clock counts every training step, head-phase steps included; its τ counts AToM's merges
-  only, not the patches CPS left out before block 0.
+  benchmarks/prompt_efficiency.py it cost the combination 0.8 points at phase_ratio 0.1 and
+  2.6 at 0.4 for about 0.05x of its time; docs/methods/cps_prompt.md): act on the sparse
+  prompt-phase forward (REP's ``vit_hooks``); the head phase's dense features stay
+  un-merged and un-dropped, as at inference. ALD's clock counts every training step,
+  head-phase steps included; its τ counts AToM's merges only, not the patches CPS left out
+  before block 0.
 - ``cache_queries`` (off: one epoch per task never hits it, and protocols augment): with
   critical-score sampling the cache holds each image's query *and*
   coarse significance, both from the un-augmented view; that is only right when the
@@ -50,7 +51,7 @@ class CpsPromptREPParams(REPParams, CpsPromptParams):
     # per-sample query + significance of the un-augmented view; pays from the second epoch
     cache_queries: bool = False
     atom: bool = True  # measured on ViT-Ti: lower peak memory, FLOPs and step time
-    ald: bool = False  # measured on the 50/50 profile: -2.6 points for little time
+    ald: bool = False  # measured on the 50/50 profile: -0.8 to -2.6 points for little time
     significance_resize: SignificanceResize = "nearest"
 
 
