@@ -46,3 +46,10 @@ def test_the_accuracy_target_is_the_mean_of_the_paired_seed_deltas():
     assert accuracy["name"].endswith("mean over 3 seeds")
     assert (accuracy["measured"], accuracy["met"]) == (-3.5 / 3, False)
     assert seed_lines(seeds)[-1] == "| mean |  |  | -1.2 ± 1.9 |"
+
+
+def test_the_seed_table_names_the_methods_each_later_seed_reran():
+    seeds = seed_deltas("cps_prompt_rep", {
+        42: {"coda_prompt": 31.0, "cps_prompt_rep": 30.5},
+        43: {"coda_prompt": 30.0, "cps_prompt_rep": 28.0}})
+    assert seed_lines(seeds)[1].endswith("the others rerun only coda_prompt, cps_prompt_rep):")
